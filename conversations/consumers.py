@@ -1,0 +1,305 @@
+"""The chat websocket: protocol v1 (docs/protocol.md).
+
+Thin by design: it authenticates, validates frames, checks ownership on every
+frame, and hands the work to the models and the turn engine. It never owns a
+turn: closing the socket leaves the answer running.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from conversations import turns
+from conversations.models import Conversation, Message, TurnInProgress
+
+PROTOCOL_VERSION = 1
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        # Accept first so the client gets a close code it can act on; closing
+        # during the handshake would only show up as an HTTP 403.
+        await self.accept()
+        if self.user is None or not self.user.is_authenticated:
+            await self._send_error("unauthenticated", "Log in first.")
+            await self.close(code=4401)
+            return
+        self.groups_joined: set[str] = set()
+        # message_id -> how many characters of it this client has.
+        self.offsets: dict[int, int] = {}
+        self.resyncing: set[int] = set()
+        await self.send(
+            turns.frame(
+                "session.ready",
+                protocol=PROTOCOL_VERSION,
+                user=self.user.get_username(),
+                limits={"max_message_chars": settings.MAX_MESSAGE_CHARS},
+            )
+        )
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "groups_joined", ()):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self.user.is_authenticated:
+            return
+        try:
+            payload = self._parse(text_data, bytes_data)
+            handler = self.handlers.get(payload["type"])
+            if handler is None:
+                raise ProtocolError("unknown_type", f"Unknown frame type {payload['type']!r}.")
+            await handler(self, payload)
+        except ProtocolError as exc:
+            await self._send_error(exc.code, exc.message, ref=self._ref(text_data))
+
+    # --- frames from the client ------------------------------------------------
+
+    def _parse(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
+        if text_data is None:
+            raise ProtocolError("bad_frame", "Frames must be JSON text.")
+        if len(text_data.encode()) > settings.MAX_FRAME_BYTES:
+            raise ProtocolError(
+                "frame_too_large", f"Frames are limited to {settings.MAX_FRAME_BYTES} bytes."
+            )
+        try:
+            payload = json.loads(text_data)
+        except json.JSONDecodeError:
+            raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+            raise ProtocolError("bad_frame", "A frame is a JSON object with a string 'type'.")
+        return payload
+
+    @staticmethod
+    def _ref(text_data: str | None) -> str | None:
+        """Echo the client's idempotency key in errors so it knows which send failed."""
+        try:
+            ref = json.loads(text_data or "").get("client_message_id")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        return ref if isinstance(ref, str) else None
+
+    async def _conversation(self, payload: dict[str, Any]) -> Conversation:
+        raw = payload.get("conversation_id")
+        try:
+            conversation_id = uuid.UUID(str(raw))
+        except ValueError:
+            raise ProtocolError("bad_frame", "conversation_id must be a UUID.") from None
+        conversation = await Conversation.objects.filter(
+            pk=conversation_id, user=self.user
+        ).afirst()
+        if conversation is None:
+            # Same answer for "does not exist" and "not yours": nothing leaks.
+            raise ProtocolError("not_found", "No such conversation.")
+        return conversation
+
+    async def on_send(self, payload: dict[str, Any]) -> None:
+        text = payload.get("text")
+        key = payload.get("client_message_id")
+        if not isinstance(text, str) or not text.strip():
+            raise ProtocolError("bad_frame", "text must be a non-empty string.")
+        if len(text) > settings.MAX_MESSAGE_CHARS:
+            raise ProtocolError(
+                "message_too_long",
+                f"Messages are limited to {settings.MAX_MESSAGE_CHARS} characters.",
+            )
+        if not isinstance(key, str) or not 1 <= len(key) <= 64:
+            raise ProtocolError("bad_frame", "client_message_id must be a string of 1-64 chars.")
+        if payload.get("conversation_id") is None:
+            conversation = await database_sync_to_async(self._conversation_for_new_send)(key)
+        else:
+            conversation = await self._conversation(payload)
+        try:
+            user_message, assistant, created = await database_sync_to_async(
+                conversation.begin_turn
+            )(text, key)
+        except TurnInProgress:
+            raise ProtocolError(
+                "turn_in_progress", "Wait for the current answer to finish, or stop it."
+            ) from None
+        await self._follow(conversation)
+        self.offsets.setdefault(assistant.pk, 0)
+        if created:
+            turns.launch(turns.TurnContext(conversation.pk, assistant.pk, self.user.pk))
+        await self.send(
+            turns.frame(
+                "message.accepted",
+                conversation_id=str(conversation.pk),
+                client_message_id=key,
+                message_id=user_message.pk,
+                assistant_message_id=assistant.pk,
+                duplicate=not created,
+                conversation={
+                    "id": str(conversation.pk),
+                    "title": conversation.title or Conversation.title_from(text),
+                    "url": conversation.get_absolute_url(),
+                },
+            )
+        )
+        if not created:
+            await self._catch_up(conversation, assistant.pk, offset=0)
+
+    def _conversation_for_new_send(self, key: str) -> Conversation:
+        """A send without a conversation starts one, unless it is a resend."""
+        earlier = (
+            Message.objects.filter(conversation__user=self.user, client_message_id=key)
+            .select_related("conversation")
+            .first()
+        )
+        if earlier is not None:
+            return earlier.conversation
+        return Conversation.objects.create(user=self.user)
+
+    async def on_cancel(self, payload: dict[str, Any]) -> None:
+        conversation = await self._conversation(payload)
+        await turns.request_cancel(conversation.pk)
+
+    async def on_subscribe(self, payload: dict[str, Any]) -> None:
+        conversation = await self._conversation(payload)
+        await self._follow(conversation)
+        message_id, offset = payload.get("message_id"), payload.get("offset", 0)
+        if message_id is not None and not isinstance(message_id, int):
+            raise ProtocolError("bad_frame", "message_id must be an integer.")
+        if not isinstance(offset, int) or offset < 0:
+            raise ProtocolError("bad_frame", "offset must be a non-negative integer.")
+        await self._catch_up(conversation, message_id, offset)
+
+    async def on_ping(self, payload: dict[str, Any]) -> None:
+        await self.send(turns.frame("pong", id=payload.get("id")))
+
+    handlers = {
+        "message.send": on_send,
+        "turn.cancel": on_cancel,
+        "conversation.subscribe": on_subscribe,
+        "ping": on_ping,
+    }
+
+    # --- following a conversation ---------------------------------------------
+
+    async def _follow(self, conversation: Conversation) -> None:
+        group = turns.group_name(conversation.pk)
+        if group not in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups_joined.add(group)
+
+    async def _catch_up(
+        self, conversation: Conversation, message_id: int | None, offset: int
+    ) -> None:
+        """Bring the client level with the conversation's latest answer.
+
+        The group is joined first, then the state is read, so nothing published
+        in between is missed; offsets make the overlap harmless.
+        """
+        latest = await database_sync_to_async(self._latest_answer)(conversation, message_id)
+        if latest is None:
+            await self.send(
+                turns.frame(
+                    "conversation.state",
+                    conversation_id=str(conversation.pk),
+                    message_id=None,
+                    status=None,
+                )
+            )
+            return
+        have = offset if latest.pk == message_id else 0
+        self.offsets[latest.pk] = have
+        await self.send(
+            turns.frame(
+                "conversation.state",
+                conversation_id=str(conversation.pk),
+                message_id=latest.pk,
+                status=latest.status,
+                text_length=len(latest.text),
+            )
+        )
+        if latest.status == Message.Status.STREAMING:
+            # The owner of the turn (this process or another) answers with
+            # the text published so far; deltas after it arrive through the group.
+            await turns.request_snapshot(conversation.pk, self.channel_name)
+            return
+        if len(latest.text) > have:
+            await self.send(
+                turns.frame(
+                    "assistant.delta",
+                    conversation_id=str(conversation.pk),
+                    message_id=latest.pk,
+                    offset=have,
+                    text=latest.text[have:],
+                )
+            )
+        self.offsets[latest.pk] = len(latest.text)
+        html = await database_sync_to_async(latest.body_html)()
+        kind = (
+            "assistant.failed" if latest.status == Message.Status.FAILED else "assistant.completed"
+        )
+        extra = (
+            {"code": latest.error_code, "message": latest.error_message, "retryable": True}
+            if kind == "assistant.failed"
+            else {"status": latest.status, "usage": latest.usage}
+        )
+        await self.send(
+            turns.frame(
+                kind,
+                conversation_id=str(conversation.pk),
+                message_id=latest.pk,
+                text_length=len(latest.text),
+                html=html,
+                **extra,
+            )
+        )
+
+    @staticmethod
+    def _latest_answer(conversation: Conversation, message_id: int | None) -> Message | None:
+        answers = conversation.messages.filter(role=Message.Role.ASSISTANT).prefetch_related(
+            "tool_invocations__image"
+        )
+        if message_id is not None:
+            return answers.filter(pk=message_id).first()
+        return answers.order_by("-id").first()
+
+    # --- events from the turn engine ------------------------------------------
+
+    async def chat_event(self, event: dict[str, Any]) -> None:
+        await self.send(event["frame"])
+
+    async def chat_delta(self, event: dict[str, Any]) -> None:
+        """Forward only the characters this client does not have yet, in order."""
+        message_id, offset, text = event["message_id"], event["offset"], event["text"]
+        have = self.offsets.get(message_id, 0)
+        end = offset + len(text)
+        if end <= have:
+            return  # a duplicate (e.g. the snapshot overlapped the live stream)
+        if offset > have:
+            # A gap (a frame lost on the way): ask the turn for its text so far.
+            if message_id not in self.resyncing:
+                self.resyncing.add(message_id)
+                await turns.request_snapshot(uuid.UUID(event["conversation_id"]), self.channel_name)
+            return
+        self.resyncing.discard(message_id)
+        self.offsets[message_id] = end
+        await self.send(
+            turns.frame(
+                "assistant.delta",
+                conversation_id=event["conversation_id"],
+                message_id=message_id,
+                offset=have,
+                text=text[have - offset :],
+            )
+        )
+
+    async def _send_error(self, code: str, message: str, ref: str | None = None) -> None:
+        await self.send(turns.frame("error", code=code, message=message, ref=ref))

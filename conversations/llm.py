@@ -1,0 +1,261 @@
+"""Everything that talks to the model provider, and the only importer of `openai`.
+
+Works with any OpenAI-compatible server: it never relies on a usage chunk, on
+revised_prompt, or on b64_json being present (a provider `url` is fetched with a
+size limit instead). Without an API key it starts the built-in offline model
+in this process and talks to it over loopback HTTP with the same client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import threading
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import openai
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallRequest:
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    finish_reason: str | None
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+StreamEvent = TextDelta | ToolCallRequest | StreamEnd
+
+
+class LLMError(Exception):
+    """A provider failure, typed for the protocol's assistant.failed frame."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+class ImageAPIError(Exception):
+    """The image could not be generated; `message` is fit to show the user."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Picture:
+    data: bytes
+    revised_prompt: str
+    model: str
+
+
+# --- the offline model ------------------------------------------------------------
+
+_offline_lock = threading.Lock()
+_offline_server: Any = None
+
+
+def offline_base_url() -> str:
+    """Start the built-in model once per process and return its /v1 URL."""
+    global _offline_server
+    with _offline_lock:
+        if _offline_server is None:
+            from conversations.offline_model import OfflineModelServer
+
+            _offline_server = OfflineModelServer(
+                token_delay=settings.OFFLINE_TOKEN_DELAY_MS / 1000
+            ).start()
+        return _offline_server.base_url
+
+
+def _endpoint(images: bool) -> tuple[str, str | None]:
+    if settings.OFFLINE_MODEL:
+        return "offline", offline_base_url()
+    if images:
+        return settings.OPENAI_IMAGE_API_KEY, settings.OPENAI_IMAGE_BASE_URL
+    return settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL
+
+
+# An AsyncOpenAI client holds a connection pool bound to the event loop that
+# created it, so keep one per loop (and per endpoint, which tests change).
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, openai.AsyncOpenAI]]
+_clients = weakref.WeakKeyDictionary()
+
+
+def client(*, images: bool = False) -> openai.AsyncOpenAI:
+    api_key, base_url = _endpoint(images)
+    timeout = settings.IMAGE_TIMEOUT_SECONDS if images else settings.LLM_TIMEOUT_SECONDS
+    key = (api_key, base_url, timeout, settings.LLM_MAX_RETRIES)
+    per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
+    if key not in per_loop:
+        per_loop[key] = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=httpx2.Timeout(timeout, connect=10.0),
+            # The client retries connection errors, 408/409/429 and 5xx before a
+            # stream starts, honouring Retry-After; never once it has started.
+            max_retries=settings.LLM_MAX_RETRIES,
+        )
+    return per_loop[key]
+
+
+def _llm_error(exc: Exception) -> LLMError:
+    if isinstance(exc, openai.RateLimitError):
+        return LLMError("upstream_rate_limited", "The model provider is busy.", retryable=True)
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMError("upstream_timeout", "The model took too long to answer.", retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return LLMError("upstream_unavailable", "The model could not be reached.", retryable=True)
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return LLMError("upstream_auth", "The model provider refused our key.", retryable=False)
+    if isinstance(exc, openai.APIStatusError):
+        retryable = exc.status_code >= 500
+        return LLMError(
+            "upstream_error", f"The model provider failed ({exc.status_code}).", retryable=retryable
+        )
+    return LLMError("upstream_error", "The model's answer could not be read.", retryable=True)
+
+
+async def stream_chat(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> AsyncIterator[StreamEvent]:
+    """Stream one completion as TextDelta / ToolCallRequest / StreamEnd events.
+
+    Tool-call fragments are assembled here (they arrive as an id and name
+    followed by argument pieces, keyed by index) so callers see whole calls.
+    Closing the generator closes the HTTP stream, which is what cancel relies on.
+    """
+    kwargs: dict[str, Any] = {
+        "model": settings.CHAT_MODEL,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if tools:
+        kwargs["tools"] = tools
+    try:
+        stream = await client().chat.completions.create(**kwargs)
+    except openai.OpenAIError as exc:
+        raise _llm_error(exc) from exc
+    calls: dict[int, dict[str, str]] = {}
+    finish_reason: str | None = None
+    usage: dict[str, int] = {}
+    try:
+        async with stream:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage = {
+                        "prompt_tokens": chunk.usage.prompt_tokens or 0,
+                        "completion_tokens": chunk.usage.completion_tokens or 0,
+                    }
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                delta = choice.delta
+                if delta is not None:
+                    if delta.content:
+                        yield TextDelta(delta.content)
+                    for part in delta.tool_calls or ():
+                        call = calls.setdefault(part.index, {"id": "", "name": "", "args": ""})
+                        if part.id:
+                            call["id"] = part.id
+                        if part.function is not None:
+                            call["name"] += part.function.name or ""
+                            call["args"] += part.function.arguments or ""
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+    except openai.OpenAIError as exc:
+        raise LLMError(
+            "upstream_stream_cut", "The model's answer was cut off.", retryable=True
+        ) from exc
+    except httpx2.HTTPError as exc:
+        raise LLMError(
+            "upstream_stream_cut", "The model's answer was cut off.", retryable=True
+        ) from exc
+    for index in sorted(calls):
+        call = calls[index]
+        yield ToolCallRequest(call["id"] or f"call_{index}", call["name"], call["args"])
+    yield StreamEnd(finish_reason, usage)
+
+
+async def generate_image(prompt: str, *, size: str, quality: str = "") -> Picture:
+    """Ask the image API for one picture and return its bytes."""
+    kwargs: dict[str, Any] = {"model": settings.IMAGE_MODEL, "prompt": prompt, "n": 1}
+    if size:
+        kwargs["size"] = size
+    if quality:
+        kwargs["quality"] = quality
+    if settings.IMAGE_RESPONSE_FORMAT != "none":
+        kwargs["response_format"] = settings.IMAGE_RESPONSE_FORMAT
+    try:
+        response = await client(images=True).images.generate(**kwargs)
+    except openai.BadRequestError as exc:
+        if exc.code in {"moderation_blocked", "content_policy_violation"}:
+            raise ImageAPIError(
+                "image_refused", "The image service refused this prompt (content policy)."
+            ) from exc
+        raise ImageAPIError(
+            "image_rejected", f"The image service rejected it: {exc.message}"
+        ) from exc
+    except openai.APITimeoutError as exc:
+        raise ImageAPIError("image_timeout", "The image service took too long.") from exc
+    except openai.OpenAIError as exc:
+        raise ImageAPIError("image_unavailable", "The image service failed; try again.") from exc
+    if not response.data:
+        raise ImageAPIError("image_empty", "The image service returned no image.")
+    item = response.data[0]
+    if item.b64_json:
+        try:
+            data = base64.b64decode(item.b64_json, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ImageAPIError("image_corrupt", "The image service sent unreadable data.") from exc
+    elif item.url:
+        data = await _download(item.url)
+    else:
+        raise ImageAPIError("image_empty", "The image service returned no image.")
+    if len(data) > settings.IMAGE_MAX_BYTES:
+        raise ImageAPIError("image_too_large", "The generated image is too large.")
+    return Picture(data, item.revised_prompt or "", settings.IMAGE_MODEL)
+
+
+async def _download(url: str) -> bytes:
+    """Fetch a provider's image URL with a size cap and a timeout."""
+    limit = settings.IMAGE_MAX_BYTES
+    try:
+        async with (
+            httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, connect=10.0)) as http,
+            http.stream("GET", url) as response,
+        ):
+            response.raise_for_status()
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in response.aiter_bytes():
+                received += len(chunk)
+                if received > limit:
+                    raise ImageAPIError("image_too_large", "The generated image is too large.")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx2.TimeoutException as exc:
+        raise ImageAPIError("image_timeout", "Downloading the image took too long.") from exc
+    except httpx2.HTTPError as exc:
+        raise ImageAPIError("image_unavailable", "The image could not be downloaded.") from exc

@@ -1,0 +1,382 @@
+"""Conversations, their messages, tool invocations and generated images.
+
+One assistant Message is one turn: its text grows as the model streams, and the
+tool invocations of that turn hang off it, each at the character offset of the
+text where the model called it. That keeps a single, monotonic offset space per
+message (what the websocket protocol's resume works on) while the page and the
+history sent back to the model can still interleave text and images in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, models, transaction
+from django.db.models import Q
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
+from django.urls import reverse
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+
+class TurnInProgress(Exception):
+    """The conversation already has an answer streaming."""
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["user", "-updated_at"], name="conv_user_recent")]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {str(self.id)[:8]}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("conversation", args=[self.id])
+
+    @property
+    def group_name(self) -> str:
+        """The channel-layer group every follower of this conversation joins."""
+        return f"conv.{self.id.hex}"
+
+    def history(self) -> list[Message]:
+        """The finished messages that make up the model's context, oldest first."""
+        recent = (
+            self.messages.exclude(status=Message.Status.STREAMING)
+            .prefetch_related("tool_invocations__image")
+            .order_by("-id")[: settings.HISTORY_MESSAGES]
+        )
+        return list(reversed(recent))
+
+    def begin_turn(self, text: str, client_message_id: str) -> tuple[Message, Message, bool]:
+        """Store the user's message and open the assistant's answer to it.
+
+        Returns (user_message, assistant_message, created). A resend with the same
+        client_message_id returns the messages of the first send and created=False,
+        so a reconnecting client can never start a second turn by retrying.
+        """
+        existing = self._accepted(client_message_id)
+        if existing:
+            return (*existing, False)
+        try:
+            with transaction.atomic():
+                user_message = self.messages.create(
+                    role=Message.Role.USER,
+                    status=Message.Status.COMPLETE,
+                    text=text,
+                    client_message_id=client_message_id,
+                )
+                # The partial unique index on (conversation, streaming) is what
+                # makes "one turn at a time" hold across processes.
+                assistant = self.messages.create(
+                    role=Message.Role.ASSISTANT,
+                    status=Message.Status.STREAMING,
+                    reply_to=user_message,
+                    model=settings.CHAT_MODEL,
+                    heartbeat_at=timezone.now(),
+                )
+                fields = {"updated_at": timezone.now()}
+                if not self.title:
+                    fields["title"] = Conversation.title_from(text)
+                Conversation.objects.filter(pk=self.pk).update(**fields)
+        except IntegrityError:
+            existing = self._accepted(client_message_id)
+            if existing:
+                return (*existing, False)
+            raise TurnInProgress from None
+        return user_message, assistant, True
+
+    def _accepted(self, client_message_id: str) -> tuple[Message, Message] | None:
+        user_message = self.messages.filter(client_message_id=client_message_id).first()
+        if user_message is None:
+            return None
+        return user_message, user_message.replies.get()
+
+    @staticmethod
+    def title_from(text: str) -> str:
+        words = " ".join(text.split())
+        return words if len(words) <= 60 else words[:57].rstrip() + "…"
+
+
+class MessageQuerySet(models.QuerySet):
+    def mark_stale_interrupted(self, now: Any = None) -> int:
+        """Close answers whose turn died with its process (no heartbeat lately).
+
+        Their last checkpoint stays as the stored text; nothing is left
+        "streaming" forever.
+        """
+        now = now or timezone.now()
+        cutoff = now - timedelta(seconds=settings.STALE_TURN_SECONDS)
+        return self.filter(status=Message.Status.STREAMING, heartbeat_at__lt=cutoff).update(
+            status=Message.Status.INTERRUPTED,
+            error_code="interrupted",
+            error_message="The server stopped while this answer was being written.",
+            updated_at=now,
+        )
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        CANCELLED = "cancelled"
+        FAILED = "failed"
+        INTERRUPTED = "interrupted"
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    text = models.TextField(blank=True)
+    # The client's idempotency key: a resend with the same key is the same message.
+    client_message_id = models.CharField(max_length=64, blank=True)
+    reply_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="replies"
+    )
+    model = models.CharField(max_length=100, blank=True)
+    usage = models.JSONField(default=dict, blank=True)
+    error_code = models.CharField(max_length=50, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    # Written at every checkpoint; a stale one means the turn's process died.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "client_message_id"],
+                condition=~Q(client_message_id=""),
+                name="message_idempotency_key",
+            ),
+            models.UniqueConstraint(
+                fields=["conversation"],
+                condition=Q(status="streaming"),
+                name="one_streaming_answer_per_conversation",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["heartbeat_at"],
+                condition=Q(status="streaming"),
+                name="message_streaming_heartbeat",
+            )
+        ]
+
+    def __str__(self) -> str:
+        preview = self.text[:40] + ("…" if len(self.text) > 40 else "")
+        return f"{self.role} #{self.pk}: {preview}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status != self.Status.STREAMING
+
+    def body_html(self) -> str:
+        from conversations.rendering import message_html
+
+        return message_html(self)
+
+    def segments(self) -> list[tuple[str, ToolInvocation | None]]:
+        """The text cut at each tool call: [(text, invocation_after_it), ...].
+
+        Uses the prefetched tool_invocations when present (no extra query).
+        """
+        parts: list[tuple[str, ToolInvocation | None]] = []
+        start = 0
+        for invocation in sorted(self.tool_invocations.all(), key=lambda i: i.id):
+            offset = min(max(invocation.text_offset, start), len(self.text))
+            parts.append((self.text[start:offset], invocation))
+            start = offset
+        parts.append((self.text[start:], None))
+        return parts
+
+    def checkpoint(self, text: str) -> None:
+        """Save the streamed text so far and prove the turn is alive (one UPDATE)."""
+        now = timezone.now()
+        Message.objects.filter(pk=self.pk).update(text=text, heartbeat_at=now, updated_at=now)
+
+    def finish(
+        self,
+        status: str,
+        text: str,
+        *,
+        usage: dict | None = None,
+        error_code: str = "",
+        error_message: str = "",
+    ) -> None:
+        self.status = status
+        self.text = text
+        self.usage = usage or {}
+        self.error_code = error_code
+        self.error_message = error_message
+        self.heartbeat_at = None
+        self.updated_at = timezone.now()
+        self.save(
+            update_fields=[
+                "status",
+                "text",
+                "usage",
+                "error_code",
+                "error_message",
+                "heartbeat_at",
+                "updated_at",
+            ]
+        )
+
+
+class ToolInvocation(models.Model):
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        COMPLETE = "complete"
+        FAILED = "failed"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="tool_invocations")
+    call_id = models.CharField(max_length=100)
+    name = models.CharField(max_length=100)
+    arguments = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    # The small JSON the model gets back: never bytes, base64 or a signed URL.
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    # Where in the assistant's text the model made the call.
+    text_offset = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    @property
+    def prompt(self) -> str:
+        value = self.arguments.get("prompt", "") if isinstance(self.arguments, dict) else ""
+        return str(value)
+
+    def complete(self, result: dict) -> None:
+        self.status = self.Status.COMPLETE
+        self.result = result
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "result", "finished_at"])
+
+    def fail(self, error: str) -> None:
+        self.status = self.Status.FAILED
+        self.error = error
+        self.result = {"status": "error", "error": error}
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "error", "result", "finished_at"])
+
+    @property
+    def image_or_none(self) -> GeneratedImage | None:
+        try:
+            return self.image
+        except GeneratedImage.DoesNotExist:
+            return None
+
+    def model_result(self) -> dict:
+        """What the model is told about this call, for the history we rebuild."""
+        if self.result:
+            return self.result
+        if self.status == self.Status.RUNNING:
+            return {"status": "error", "error": "The image was not finished."}
+        return {"status": self.status}
+
+
+def image_key(instance: GeneratedImage, filename: str) -> str:
+    """An unguessable object key, never derived from the user's text."""
+    return f"images/{instance.id.hex[:2]}/{instance.id.hex}.{instance.format or 'png'}"
+
+
+class GeneratedImage(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generated_images"
+    )
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="images")
+    tool_invocation = models.OneToOneField(
+        ToolInvocation, on_delete=models.CASCADE, related_name="image"
+    )
+    # The storage key only: the bytes live in object storage.
+    file = models.FileField(upload_to=image_key, max_length=200)
+    sha256 = models.CharField(max_length=64)
+    bytes = models.PositiveIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    format = models.CharField(max_length=10, default="png")
+    model = models.CharField(max_length=100)
+    size = models.CharField(max_length=20, blank=True)
+    quality = models.CharField(max_length=20, blank=True)
+    prompt = models.TextField()
+    revised_prompt = models.TextField(blank=True)
+    latency_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["-created_at"], name="image_recent"),
+            models.Index(fields=["user", "-created_at"], name="image_user_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prompt[:60]} ({self.width}x{self.height})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("image", args=[self.id])
+
+    def can_view(self, user: Any) -> bool:
+        return bool(user.is_authenticated and (user.is_staff or user.pk == self.user_id))
+
+    def summary(self) -> dict:
+        """The image as clients and the model see it: app URL, no storage URL."""
+        return {
+            "id": str(self.id),
+            "url": self.get_absolute_url(),
+            "prompt": self.prompt,
+            "revised_prompt": self.revised_prompt or None,
+            "width": self.width,
+            "height": self.height,
+            "size": self.size,
+        }
+
+
+@receiver(post_delete, sender=GeneratedImage)
+def delete_image_object(sender: type, instance: GeneratedImage, **kwargs: Any) -> None:
+    """Deleting an image row, directly or by cascade, removes its object too.
+
+    Only once the deletion has committed: a rolled-back delete keeps both.
+    """
+    name = instance.file.name
+
+    def remove() -> None:
+        try:
+            default_storage.delete(name)
+        except Exception:
+            log.exception("could not delete image object %s", name)
+
+    if name:
+        transaction.on_commit(remove)

@@ -1,0 +1,426 @@
+"""The turn engine: one assistant answer, from the user's message to its final status.
+
+A turn is an asyncio task owned by the process, not by the socket that asked
+for it: a closed tab, a refresh or a second client does not stop it, only
+`cancel()` does. Everything it produces goes to the conversation's channel-layer
+group, so any client on any process can follow it.
+
+Hot path rules: no database write per token. Deltas are coalesced over a short
+window and published with the character offset they start at; the text is
+checkpointed to the database at a bounded interval and at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from conversations import images, llm
+from conversations.models import Conversation, Message, ToolInvocation
+
+log = logging.getLogger(__name__)
+
+# Turns running in this process, by conversation id. Holding the task here is
+# also what keeps it alive after the socket that started it has gone.
+_running: dict[uuid.UUID, Turn] = {}
+
+
+def control_group(conversation_id: uuid.UUID) -> str:
+    """The group a running turn listens on for cancel and snapshot requests."""
+    return f"turnctl.{conversation_id.hex}"
+
+
+def group_name(conversation_id: uuid.UUID) -> str:
+    return f"conv.{conversation_id.hex}"
+
+
+def frame(kind: str, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+
+
+def model_messages(conversation: Conversation) -> list[dict[str, Any]]:
+    """The context sent to the model, rebuilt from the database.
+
+    Image tool results appear only as their small JSON summary
+    ({image_id, prompt, revised_prompt, status}): never bytes, never a URL.
+    """
+    messages: list[dict[str, Any]] = [{"role": "system", "content": settings.SYSTEM_PROMPT}]
+    for message in conversation.history():
+        if message.role == Message.Role.USER:
+            messages.append({"role": "user", "content": message.text})
+            continue
+        pending_calls: list[ToolInvocation] = []
+        text_before_calls = ""
+        for text, invocation in message.segments():
+            if pending_calls and text:
+                _append_tool_round(messages, text_before_calls, pending_calls)
+                pending_calls, text_before_calls = [], ""
+            if invocation is None:
+                if text:
+                    messages.append({"role": "assistant", "content": text})
+                continue
+            if not pending_calls:
+                text_before_calls = text
+            pending_calls.append(invocation)
+        if pending_calls:
+            _append_tool_round(messages, text_before_calls, pending_calls)
+    return messages
+
+
+def _append_tool_round(
+    messages: list[dict[str, Any]], text: str, calls: list[ToolInvocation]
+) -> None:
+    messages.append(
+        {
+            "role": "assistant",
+            "content": text or None,
+            "tool_calls": [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+                }
+                for call in calls
+            ],
+        }
+    )
+    for call in calls:
+        messages.append(
+            {
+                "role": "tool",
+                "tool_call_id": call.call_id,
+                "content": json.dumps(call.model_result()),
+            }
+        )
+
+
+@dataclass
+class TurnContext:
+    conversation_id: uuid.UUID
+    message_id: int
+    user_id: int
+
+
+class Turn:
+    def __init__(self, context: TurnContext) -> None:
+        self.context = context
+        self.group = group_name(context.conversation_id)
+        self.layer = get_channel_layer()
+        self.text = ""  # everything received so far
+        self.published = 0  # how much of it has gone out as deltas
+        self.usage: dict[str, int] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_requested = False
+        self._publish_lock = asyncio.Lock()
+        self._last_flush = float("-inf")
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self._last_checkpoint = 0.0
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._window = settings.STREAM_COALESCE_MS / 1000
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.cancel_requested = True
+            self.task.cancel()
+
+    async def run(self) -> None:
+        control = await self.layer.new_channel()
+        await self.layer.group_add(control_group(self.context.conversation_id), control)
+        listener = asyncio.create_task(self._listen(control))
+        loop = asyncio.get_running_loop()
+        self._last_checkpoint = loop.time()
+        try:
+            async with asyncio.timeout(settings.TURN_TIMEOUT_SECONDS):
+                await self._converse()
+        except asyncio.CancelledError:
+            status = (
+                Message.Status.CANCELLED if self.cancel_requested else Message.Status.INTERRUPTED
+            )
+            await self._finish(status)
+        except TimeoutError:
+            await self._fail(
+                llm.LLMError("turn_timeout", "The answer took too long.", retryable=True)
+            )
+        except llm.LLMError as exc:
+            await self._fail(exc)
+        except Exception:
+            log.exception("turn %s crashed", self.context.message_id)
+            await self._fail(
+                llm.LLMError("internal_error", "Something went wrong on our side.", retryable=True)
+            )
+        else:
+            await self._finish(Message.Status.COMPLETE)
+        finally:
+            listener.cancel()
+            await self.layer.group_discard(control_group(self.context.conversation_id), control)
+
+    async def _listen(self, channel: str) -> None:
+        """Serve cancel and snapshot requests from consumers on any process."""
+        while True:
+            request = await self.layer.receive(channel)
+            if request.get("type") == "turn.cancel":
+                self.cancel()
+            elif request.get("type") == "turn.snapshot" and request.get("reply_to"):
+                async with self._publish_lock:
+                    await self.layer.send(request["reply_to"], self._snapshot_event())
+
+    def _snapshot_event(self) -> dict[str, Any]:
+        """Everything published so far (the caller trims to what its client lacks)."""
+        text = self.text[: self.published]
+        return {
+            "type": "chat.delta",
+            **self._ids(),
+            "offset": 0,
+            "text": text,
+        }
+
+    # --- the conversation with the model --------------------------------------
+
+    async def _converse(self) -> None:
+        messages = await database_sync_to_async(self._load_context)()
+        await self._publish(frame("assistant.started", **self._ids()))
+        calls_left = settings.MAX_TOOL_CALLS_PER_TURN
+        while True:
+            calls: list[llm.ToolCallRequest] = []
+            segment_start = len(self.text)
+            tools = [images.GENERATE_IMAGE_TOOL] if calls_left > 0 else None
+            async for event in llm.stream_chat(messages, tools):
+                if isinstance(event, llm.TextDelta):
+                    self._add_text(event.text)
+                elif isinstance(event, llm.ToolCallRequest):
+                    calls.append(event)
+                else:
+                    for key, value in event.usage.items():
+                        self.usage[key] = self.usage.get(key, 0) + value
+            if not calls:
+                return
+            await self._flush()
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": self.text[segment_start:] or None,
+                    "tool_calls": [
+                        {
+                            "id": c.call_id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments},
+                        }
+                        for c in calls
+                    ],
+                }
+            )
+            for call in calls:
+                result = await self._run_tool(call, allowed=calls_left > 0)
+                calls_left -= 1
+                messages.append(
+                    {"role": "tool", "tool_call_id": call.call_id, "content": json.dumps(result)}
+                )
+
+    def _load_context(self) -> list[dict[str, Any]]:
+        conversation = Conversation.objects.get(pk=self.context.conversation_id)
+        return model_messages(conversation)
+
+    async def _run_tool(self, call: llm.ToolCallRequest, *, allowed: bool) -> dict[str, Any]:
+        try:
+            arguments = images.parse_arguments(call.arguments)
+            parse_error = None
+        except images.ToolError as exc:
+            arguments, parse_error = {"raw": call.arguments[:1000]}, exc
+        invocation = await database_sync_to_async(ToolInvocation.objects.create)(
+            message_id=self.context.message_id,
+            call_id=call.call_id[:100],
+            name=call.name[:100],
+            arguments=arguments,
+            text_offset=len(self.text),
+        )
+        ids = {**self._ids(), "tool_call_id": invocation.id, "name": invocation.name}
+        await self._publish(
+            frame("tool.started", **ids, offset=invocation.text_offset, prompt=invocation.prompt)
+        )
+        try:
+            if parse_error is not None:
+                raise parse_error
+            if call.name != images.TOOL_NAME:
+                raise images.ToolError("unknown_tool", f"There is no tool named {call.name!r}.")
+            if not allowed:
+                raise images.ToolError("tool_limit", "Too many images in one answer.")
+            image = await images.generate(
+                invocation,
+                user_id=self.context.user_id,
+                conversation_id=self.context.conversation_id,
+            )
+        except images.ToolError as exc:
+            await database_sync_to_async(invocation.fail)(exc.message)
+            await self._publish(
+                frame("tool.failed", **ids, error={"code": exc.code, "message": exc.message})
+            )
+            return invocation.result
+        result = {
+            "status": "ok",
+            "image_id": str(image.id),
+            "prompt": image.prompt,
+            "revised_prompt": image.revised_prompt or None,
+        }
+        await database_sync_to_async(invocation.complete)(result)
+        await self._publish(frame("tool.completed", **ids, image=image.summary()))
+        return result
+
+    # --- streaming out -----------------------------------------------------------
+
+    def _ids(self) -> dict[str, Any]:
+        return {
+            "conversation_id": str(self.context.conversation_id),
+            "message_id": self.context.message_id,
+        }
+
+    def _add_text(self, text: str) -> None:
+        self.text += text
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        # Leading edge: a delta after a quiet spell goes out at once (time to
+        # first token); within the window, pieces wait and go out together.
+        if self._flush_handle is None and self._flush_task is None:
+            delay = max(0.0, self._last_flush + self._window - now)
+            self._flush_handle = loop.call_later(delay, self._start_flush)
+        if now - self._last_checkpoint >= settings.CHECKPOINT_SECONDS:
+            self._checkpoint(now)
+
+    def _start_flush(self) -> None:
+        self._flush_handle = None
+        self._flush_task = asyncio.create_task(self._flush())
+        self._flush_task.add_done_callback(self._flush_done)
+
+    def _flush_done(self, task: asyncio.Task[None]) -> None:
+        self._flush_task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("publishing a delta failed: %s", task.exception())
+
+    async def _flush(self) -> None:
+        async with self._publish_lock:
+            if self.published >= len(self.text):
+                return
+            offset, text = self.published, self.text[self.published :]
+            self.published = len(self.text)
+            self._last_flush = asyncio.get_running_loop().time()
+            await self.layer.group_send(
+                self.group,
+                {
+                    "type": "chat.delta",
+                    **self._ids(),
+                    "offset": offset,
+                    "text": text,
+                },
+            )
+
+    async def _publish(self, payload: str) -> None:
+        await self._flush()
+        async with self._publish_lock:
+            await self.layer.group_send(self.group, {"type": "chat.event", "frame": payload})
+
+    def _checkpoint(self, now: float) -> None:
+        """Save the text so far without holding up the stream."""
+        if self._checkpoint_task is not None and not self._checkpoint_task.done():
+            return
+        self._last_checkpoint = now
+        message = Message(pk=self.context.message_id)
+        self._checkpoint_task = asyncio.create_task(
+            database_sync_to_async(message.checkpoint)(self.text)
+        )
+
+    # --- endings -----------------------------------------------------------------
+
+    async def _settle_pending_writes(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._checkpoint_task is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpoint_task
+        # Whatever was received is shown: the stored text is what the user saw.
+        await self._flush()
+
+    async def _finish(self, status: str) -> None:
+        await self._settle_pending_writes()
+        message = await database_sync_to_async(self._save_final)(status, "", "")
+        await self._publish_end(
+            message,
+            frame(
+                "assistant.completed",
+                **self._ids(),
+                status=status,
+                text_length=len(self.text),
+                html=await database_sync_to_async(message.body_html)(),
+                usage=self.usage,
+            ),
+        )
+
+    async def _fail(self, error: llm.LLMError) -> None:
+        await self._settle_pending_writes()
+        message = await database_sync_to_async(self._save_final)(
+            Message.Status.FAILED, error.code, error.message
+        )
+        await self._publish_end(
+            message,
+            frame(
+                "assistant.failed",
+                **self._ids(),
+                code=error.code,
+                message=error.message,
+                retryable=error.retryable,
+                text_length=len(self.text),
+                html=await database_sync_to_async(message.body_html)(),
+            ),
+        )
+
+    def _save_final(self, status: str, code: str, error: str) -> Message:
+        message = Message.objects.get(pk=self.context.message_id)
+        message.finish(status, self.text, usage=self.usage, error_code=code, error_message=error)
+        # Tool calls cut short by a cancel must not look as if they still run.
+        for invocation in message.tool_invocations.filter(status=ToolInvocation.Status.RUNNING):
+            invocation.fail("The answer was stopped before the image was finished.")
+        return Message.objects.prefetch_related("tool_invocations__image").get(pk=message.pk)
+
+    async def _publish_end(self, message: Message, payload: str) -> None:
+        async with self._publish_lock:
+            await self.layer.group_send(self.group, {"type": "chat.event", "frame": payload})
+
+
+def launch(context: TurnContext) -> Turn:
+    """Start a turn as a task of this process (it outlives the calling socket)."""
+    turn = Turn(context)
+    turn.task = asyncio.get_running_loop().create_task(turn.run())
+    _running[context.conversation_id] = turn
+    turn.task.add_done_callback(lambda _: _running.pop(context.conversation_id, None))
+    return turn
+
+
+def running(conversation_id: uuid.UUID) -> Turn | None:
+    return _running.get(conversation_id)
+
+
+async def request_cancel(conversation_id: uuid.UUID) -> None:
+    """Cancel the conversation's turn wherever it runs (this or another process)."""
+    turn = _running.get(conversation_id)
+    if turn is not None:
+        turn.cancel()
+        return
+    await get_channel_layer().group_send(control_group(conversation_id), {"type": "turn.cancel"})
+
+
+async def request_snapshot(conversation_id: uuid.UUID, reply_to: str) -> None:
+    """Ask the turn's owner to send the text published so far to `reply_to`."""
+    await get_channel_layer().group_send(
+        control_group(conversation_id), {"type": "turn.snapshot", "reply_to": reply_to}
+    )

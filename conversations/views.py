@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
+from django.core.files.storage import default_storage
+from django.db.models import Prefetch
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.cache import patch_cache_control
+from django.views.decorators.http import require_POST
+
+from conversations.models import Conversation, GeneratedImage, Message
+
+
+@login_required
+def chat(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
+    conversations = Conversation.objects.filter(user=request.user).only("id", "title", "updated_at")
+    conversation = None
+    messages: list[Message] = []
+    if conversation_id is not None:
+        conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
+        messages = list(
+            conversation.messages.prefetch_related(
+                Prefetch("tool_invocations__image", queryset=GeneratedImage.objects.all())
+            )
+        )
+    return render(
+        request,
+        "conversations/chat.html",
+        {
+            "conversations": conversations[:100],
+            "conversation": conversation,
+            "chat_messages": messages,
+            "max_message_chars": settings.MAX_MESSAGE_CHARS,
+        },
+    )
+
+
+@login_required
+@require_POST
+def delete_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
+    conversation.delete()
+    return redirect("chat")
+
+
+@login_required
+def image(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
+    """The stable app URL of an image: authorise, then hand over the bytes.
+
+    Pages embed this URL, never a storage URL. On S3 it redirects to a freshly
+    presigned URL; on local storage it serves the file itself.
+    """
+    picture = GeneratedImage.objects.filter(pk=image_id).only("user_id", "file", "format").first()
+    # Someone else's image is "not found", exactly like a missing one.
+    if picture is None or not picture.can_view(request.user):
+        raise Http404("No such image.")
+    if hasattr(default_storage, "bucket_name"):
+        response: HttpResponse = HttpResponseRedirect(default_storage.url(picture.file.name))
+        # The redirect target expires; never let anything cache it for longer.
+        max_age = max(0, settings.S3_PRESIGN_SECONDS // 2)
+        patch_cache_control(response, private=True, max_age=max_age)
+        return response
+    content_type = "image/jpeg" if picture.format == "jpg" else f"image/{picture.format}"
+    response = FileResponse(default_storage.open(picture.file.name), content_type=content_type)
+    patch_cache_control(response, private=True, max_age=3600)
+    return response
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("chat")
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("chat")
+    return render(request, "registration/signup.html", {"form": form})

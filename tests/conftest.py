@@ -1,0 +1,132 @@
+"""Shared test fixtures: real database, real HTTP to the OpenAI fake, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from conversations.offline_model import OfflineModelServer
+
+# Playwright's sync API runs its own event loop; ORM calls made from those tests
+# are synchronous on purpose.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(scope="session")
+def openai_server() -> Iterator[OfflineModelServer]:
+    with OfflineModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_openai(openai_server: OfflineModelServer, settings: Any) -> OfflineModelServer:
+    """Point the app at the scriptable OpenAI fake, as if it were a real provider."""
+    openai_server.reset()
+    settings.OFFLINE_MODEL = False
+    settings.OPENAI_API_KEY = settings.OPENAI_IMAGE_API_KEY = "sk-test"
+    settings.OPENAI_BASE_URL = settings.OPENAI_IMAGE_BASE_URL = openai_server.base_url
+    settings.CHAT_MODEL = "gpt-test"
+    settings.IMAGE_MODEL = "gpt-image-test"
+    settings.IMAGE_SIZE = "256x256"
+    settings.LLM_MAX_RETRIES = 1
+    return openai_server
+
+
+@pytest.fixture(autouse=True)
+def local_storage(settings: Any, tmp_path: Any) -> Any:
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "media")},
+        },
+    }
+    return tmp_path / "media"
+
+
+@pytest.fixture
+def make_user(db: Any) -> Any:
+    def make(username: str = "alice", **extra: Any) -> Any:
+        return get_user_model().objects.create_user(username, password="pw-" + username, **extra)
+
+    return make
+
+
+def session_cookie(user: Any) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+class ChatSocket:
+    """A websocket client speaking protocol v1 against the real ASGI app."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+        self.frames: list[dict[str, Any]] = []
+
+    async def send(self, kind: str, **fields: Any) -> None:
+        await self.communicator.send_to(text_data=json.dumps({"type": kind, **fields}))
+
+    async def receive(self, timeout: float = 5) -> dict[str, Any]:
+        frame = json.loads(await self.communicator.receive_from(timeout))
+        self.frames.append(frame)
+        return frame
+
+    async def receive_until(self, *kinds: str, timeout: float = 10) -> list[dict[str, Any]]:
+        """Collect frames up to and including the first one of `kinds`."""
+        collected = []
+        while True:
+            frame = await self.receive(timeout)
+            collected.append(frame)
+            if frame["type"] in kinds:
+                return collected
+
+    async def close(self) -> None:
+        await self.communicator.disconnect()
+
+
+async def open_socket(user: Any = None, origin: str = "http://testserver") -> tuple[bool, Any]:
+    from chatimg.asgi import application
+
+    headers = [(b"origin", origin.encode())] if origin else []
+    if user is not None:
+        cookie = await sync_to_async(session_cookie)(user)
+        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    connected, code = await communicator.connect()
+    return connected, (ChatSocket(communicator) if connected else code)
+
+
+@pytest.fixture
+def connect() -> Any:
+    """Open an authenticated socket and read its session.ready frame."""
+    sockets: list[ChatSocket] = []
+
+    async def _connect(user: Any) -> ChatSocket:
+        connected, socket = await open_socket(user)
+        assert connected
+        ready = await socket.receive()
+        assert ready["type"] == "session.ready"
+        sockets.append(socket)
+        return socket
+
+    return _connect
+
+
+def text_of(frames: list[dict[str, Any]], message_id: int) -> str:
+    """Reassemble the streamed text of one message, honouring offsets."""
+    text = ""
+    for frame in frames:
+        if frame["type"] == "assistant.delta" and frame["message_id"] == message_id:
+            assert frame["offset"] <= len(text), "gap in the delta stream"
+            text = text[: frame["offset"]] + frame["text"]
+    return text

@@ -10,7 +10,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from conversations.models import Conversation, GeneratedImage, Message, ToolInvocation
-from conversations.offline_model import Fail, ImageReply, Reply, ToolCall
+from conversations.offline_model import Fail, ImageReply, Reply
 from tests.conftest import open_socket, text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,8 +24,12 @@ async def test_it_refuses_an_anonymous_socket(db: Any) -> None:
     connected, socket = await open_socket(user=None)
     assert connected  # accepted so that the close code reaches the client
     frame = await socket.receive()
-    assert frame == {"type": "error", "code": "unauthenticated", "message": "Log in first.",
-                     "ref": None}
+    assert frame == {
+        "type": "error",
+        "code": "unauthenticated",
+        "message": "Log in first.",
+        "ref": None,
+    }
     output = await socket.communicator.receive_output()
     assert output == {"type": "websocket.close", "code": 4401}
 
@@ -78,11 +82,15 @@ async def test_a_drawing_turn_stores_the_image_and_the_tool_invocation(
     frames = await socket.receive_until("assistant.completed")
 
     assert kinds(frames) == [
-        "message.accepted", "assistant.started", "tool.started", "tool.completed",
+        "message.accepted",
+        "assistant.started",
+        "tool.started",
+        "tool.completed",
         "assistant.completed",
     ]
-    started, completed_tool = frames[[f["type"] for f in frames].index("tool.started")], next(
-        f for f in frames if f["type"] == "tool.completed"
+    started, completed_tool = (
+        frames[[f["type"] for f in frames].index("tool.started")],
+        next(f for f in frames if f["type"] == "tool.completed"),
     )
     assert started["prompt"] == "a lighthouse at dusk"
     image = await GeneratedImage.objects.select_related("tool_invocation").aget(
@@ -115,8 +123,12 @@ async def test_the_follow_up_request_carries_no_image_bytes_or_urls(
     await socket.send("message.send", client_message_id="d1", text="draw a lighthouse at dusk")
     await socket.receive_until("assistant.completed")
     # A second turn rebuilds the history from the database.
-    await socket.send("message.send", conversation_id=socket.frames[1]["conversation_id"],
-                      client_message_id="d2", text="thanks!")
+    await socket.send(
+        "message.send",
+        conversation_id=socket.frames[1]["conversation_id"],
+        client_message_id="d2",
+        text="thanks!",
+    )
     await socket.receive_until("assistant.completed")
 
     image = await GeneratedImage.objects.aget()
@@ -139,9 +151,10 @@ async def test_the_follow_up_request_carries_no_image_bytes_or_urls(
 async def test_another_users_conversation_is_refused_and_leaks_nothing(
     make_user: Any, connect: Any, fake_openai: Any
 ) -> None:
-    alice, mallory = await database_sync_to_async(make_user)("alice"), await database_sync_to_async(
-        make_user
-    )("mallory")
+    alice, mallory = (
+        await database_sync_to_async(make_user)("alice"),
+        await database_sync_to_async(make_user)("mallory"),
+    )
     conversation = await Conversation.objects.acreate(user=alice, title="secret plans")
     socket = await connect(mallory)
 
@@ -200,8 +213,12 @@ async def test_a_failed_image_becomes_a_tool_error_and_the_turn_goes_on(
     make_user: Any, connect: Any, fake_openai: Any, local_storage: Any
 ) -> None:
     fake_openai.script_images(
-        Fail(400, "Your request was rejected by our safety system.", code="moderation_blocked",
-             type="image_generation_user_error")
+        Fail(
+            400,
+            "Your request was rejected by our safety system.",
+            code="moderation_blocked",
+            type="image_generation_user_error",
+        )
     )
     user = await database_sync_to_async(make_user)()
     socket = await connect(user)

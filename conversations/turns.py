@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,9 +137,8 @@ class Turn:
             self.task.cancel()
 
     async def run(self) -> None:
-        control = await self.layer.new_channel()
+        control = await control_channel()
         await self.layer.group_add(control_group(self.context.conversation_id), control)
-        listener = asyncio.create_task(self._listen(control))
         loop = asyncio.get_running_loop()
         self._last_checkpoint = loop.time()
         try:
@@ -163,28 +163,20 @@ class Turn:
         else:
             await self._finish(Message.Status.COMPLETE)
         finally:
-            listener.cancel()
             await self.layer.group_discard(control_group(self.context.conversation_id), control)
 
-    async def _listen(self, channel: str) -> None:
-        """Serve cancel and snapshot requests from consumers on any process."""
-        while True:
-            request = await self.layer.receive(channel)
-            if request.get("type") == "turn.cancel":
-                self.cancel()
-            elif request.get("type") == "turn.snapshot" and request.get("reply_to"):
-                async with self._publish_lock:
-                    await self.layer.send(request["reply_to"], self._snapshot_event())
-
-    def _snapshot_event(self) -> dict[str, Any]:
-        """Everything published so far (the caller trims to what its client lacks)."""
-        text = self.text[: self.published]
-        return {
-            "type": "chat.delta",
-            **self._ids(),
-            "offset": 0,
-            "text": text,
-        }
+    async def send_snapshot(self, reply_to: str) -> None:
+        """Send everything published so far; the consumer trims what its client has."""
+        async with self._publish_lock:
+            await self.layer.send(
+                reply_to,
+                {
+                    "type": "chat.delta",
+                    **self._ids(),
+                    "offset": 0,
+                    "text": self.text[: self.published],
+                },
+            )
 
     # --- the conversation with the model --------------------------------------
 
@@ -397,6 +389,41 @@ class Turn:
             await self.layer.group_send(self.group, {"type": "chat.event", "frame": payload})
 
 
+# One control receiver per process (per event loop): it is never cancelled while
+# the process runs. Cancelling a pending channels-redis receive() mid-BZPOPMIN
+# leaves the shared connection unusable for the process's other receivers, so
+# turns do not each run (and cancel) a receiver of their own.
+_control: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, asyncio.Task[None]]]
+_control = weakref.WeakKeyDictionary()
+
+
+async def control_channel() -> str:
+    """This process's channel for cancel and snapshot requests to its turns."""
+    loop = asyncio.get_running_loop()
+    if loop not in _control:
+        layer = get_channel_layer()
+        # The default prefix matters: channels-redis serves every process-local
+        # channel through one BZPOPMIN on "specific.<client>!", under one lock.
+        channel = await layer.new_channel()
+        _control[loop] = (channel, loop.create_task(_serve_control(layer, channel)))
+    return _control[loop][0]
+
+
+async def _serve_control(layer: Any, channel: str) -> None:
+    while True:
+        request = await layer.receive(channel)
+        try:
+            turn = _running.get(uuid.UUID(request["conversation_id"]))
+            if turn is None:
+                continue  # finished meanwhile, or another process's turn
+            if request["type"] == "turn.cancel":
+                turn.cancel()
+            elif request["type"] == "turn.snapshot":
+                await turn.send_snapshot(request["reply_to"])
+        except Exception:
+            log.exception("bad turn control request %r", request)
+
+
 def launch(context: TurnContext) -> Turn:
     """Start a turn as a task of this process (it outlives the calling socket)."""
     turn = Turn(context)
@@ -416,11 +443,15 @@ async def request_cancel(conversation_id: uuid.UUID) -> None:
     if turn is not None:
         turn.cancel()
         return
-    await get_channel_layer().group_send(control_group(conversation_id), {"type": "turn.cancel"})
+    await get_channel_layer().group_send(
+        control_group(conversation_id),
+        {"type": "turn.cancel", "conversation_id": str(conversation_id)},
+    )
 
 
 async def request_snapshot(conversation_id: uuid.UUID, reply_to: str) -> None:
     """Ask the turn's owner to send the text published so far to `reply_to`."""
     await get_channel_layer().group_send(
-        control_group(conversation_id), {"type": "turn.snapshot", "reply_to": reply_to}
+        control_group(conversation_id),
+        {"type": "turn.snapshot", "conversation_id": str(conversation_id), "reply_to": reply_to},
     )

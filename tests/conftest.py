@@ -107,7 +107,7 @@ async def open_socket(user: Any = None, origin: str = "http://testserver") -> tu
 
 
 @pytest.fixture
-def connect() -> Any:
+async def connect() -> Any:
     """Open an authenticated socket and read its session.ready frame."""
     sockets: list[ChatSocket] = []
 
@@ -119,7 +119,9 @@ def connect() -> Any:
         sockets.append(socket)
         return socket
 
-    return _connect
+    yield _connect
+    for socket in sockets:
+        await socket.close()
 
 
 def text_of(frames: list[dict[str, Any]], message_id: int) -> str:
@@ -130,3 +132,69 @@ def text_of(frames: list[dict[str, Any]], message_id: int) -> str:
             assert frame["offset"] <= len(text), "gap in the delta stream"
             text = text[: frame["offset"]] + frame["text"]
     return text
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on a free loopback port: real HTTP, real signatures."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    # port=0: a taken port would make moto hang forever instead of failing.
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+S3_KEYS = {"access_key": "testing-access", "secret_key": "testing-secret"}
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, settings: Any) -> Any:
+    """A private bucket on the S3 server, used as the app's default storage."""
+    import boto3
+
+    name = f"chatimg-{uuid_hex()}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id=S3_KEYS["access_key"],
+        aws_secret_access_key=S3_KEYS["secret_key"],
+    )
+    client.create_bucket(Bucket=name)
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": name,
+                "endpoint_url": s3_server,
+                "region_name": "us-east-1",
+                "addressing_style": "path",
+                "signature_version": "s3v4",
+                "querystring_auth": True,
+                "querystring_expire": settings.S3_PRESIGN_SECONDS,
+                "default_acl": None,
+                "file_overwrite": False,
+                **S3_KEYS,
+            },
+        },
+    }
+    client.bucket_name = name
+    return client
+
+
+def uuid_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+def bucket_keys(client: Any) -> list[str]:
+    listing = client.list_objects_v2(Bucket=client.bucket_name)
+    return sorted(item["Key"] for item in listing.get("Contents", []))

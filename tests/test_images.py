@@ -1,0 +1,147 @@
+"""Generated images: object storage, the database row, and the app's image URL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import Client
+
+from conversations.models import Conversation, GeneratedImage, Message, ToolInvocation
+from tests.conftest import bucket_keys
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def draw(connect: Any, user: Any, text: str = "draw a lighthouse at dusk") -> list[dict]:
+    socket = await connect(user)
+    await socket.send("message.send", client_message_id="d1", text=text)
+    return await socket.receive_until("assistant.completed", "assistant.failed")
+
+
+def owner_client(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+async def test_on_s3_the_image_is_uploaded_and_the_row_holds_only_the_key(
+    make_user: Any, connect: Any, fake_openai: Any, s3_bucket: Any
+) -> None:
+    user = await database_sync_to_async(make_user)()
+    frames = await draw(connect, user)
+    assert frames[-1]["type"] == "assistant.completed"
+
+    image = await GeneratedImage.objects.aget()
+    assert bucket_keys(s3_bucket) == [image.file.name]
+    assert image.file.name.startswith("images/") and image.file.name.endswith(".png")
+    assert "lighthouse" not in image.file.name  # keys never come from user text
+    body = s3_bucket.get_object(Bucket=s3_bucket.bucket_name, Key=image.file.name)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == image.sha256
+    assert len(body) == image.bytes
+    # Nothing in the database holds bytes, base64 or a URL of the bucket.
+    rows = await database_sync_to_async(dump_rows)()
+    assert "X-Amz" not in rows and "iVBORw0KGgo" not in rows
+    assert s3_bucket.bucket_name not in rows
+
+
+def dump_rows() -> str:
+    return json.dumps(
+        [
+            list(model.objects.values())
+            for model in (Conversation, Message, ToolInvocation, GeneratedImage)
+        ],
+        default=str,
+    )
+
+
+async def test_the_owner_follows_the_app_url_to_the_same_bytes_and_others_cannot(
+    make_user: Any, connect: Any, fake_openai: Any, s3_bucket: Any, settings: Any
+) -> None:
+    alice = await database_sync_to_async(make_user)("alice")
+    mallory = await database_sync_to_async(make_user)("mallory")
+    await draw(connect, alice)
+    image = await GeneratedImage.objects.aget()
+
+    response = await database_sync_to_async(owner_client(alice).get)(image.get_absolute_url())
+    assert response.status_code == 302
+    signed = response["Location"]
+    assert signed.startswith(s3_bucket.meta.endpoint_url) and "X-Amz-Signature" in signed
+    assert "private" in response["Cache-Control"]
+    assert f"max-age={settings.S3_PRESIGN_SECONDS // 2}" in response["Cache-Control"]
+    with urllib.request.urlopen(signed, timeout=10) as fetched:  # real HTTP to the S3 server
+        assert hashlib.sha256(fetched.read()).hexdigest() == image.sha256
+
+    # The bucket itself is private: the same object without a signature is refused.
+    unsigned = signed.split("?")[0]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(unsigned, timeout=10)
+    assert refused.value.code == 403
+
+    other = await database_sync_to_async(owner_client(mallory).get)(image.get_absolute_url())
+    assert other.status_code == 404
+    anonymous = await database_sync_to_async(Client().get)(image.get_absolute_url())
+    assert anonymous.status_code == 302 and "/login/" in anonymous["Location"]
+
+
+async def test_staff_can_view_any_image(
+    make_user: Any, connect: Any, fake_openai: Any, local_storage: Any
+) -> None:
+    alice = await database_sync_to_async(make_user)("alice")
+    staff = await database_sync_to_async(make_user)("moderator", is_staff=True)
+    await draw(connect, alice)
+    image = await GeneratedImage.objects.aget()
+    response = await database_sync_to_async(owner_client(staff).get)(image.get_absolute_url())
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    assert hashlib.sha256(b"".join(response.streaming_content)).hexdigest() == image.sha256
+
+
+async def test_on_local_storage_the_app_url_serves_the_file_to_its_owner_only(
+    make_user: Any, connect: Any, fake_openai: Any, local_storage: Any
+) -> None:
+    alice = await database_sync_to_async(make_user)("alice")
+    mallory = await database_sync_to_async(make_user)("mallory")
+    await draw(connect, alice)
+    image = await GeneratedImage.objects.aget()
+    mine = await database_sync_to_async(owner_client(alice).get)(image.get_absolute_url())
+    assert mine.status_code == 200
+    assert hashlib.sha256(b"".join(mine.streaming_content)).hexdigest() == image.sha256
+    theirs = await database_sync_to_async(owner_client(mallory).get)(image.get_absolute_url())
+    assert theirs.status_code == 404
+
+
+async def test_a_storage_outage_fails_the_tool_and_leaves_no_row(
+    make_user: Any, connect: Any, fake_openai: Any, s3_bucket: Any, settings: Any
+) -> None:
+    # Point the storage at a bucket that does not exist: every upload fails.
+    settings.STORAGES["default"]["OPTIONS"]["bucket_name"] = "no-such-bucket"
+    settings.STORAGES = dict(settings.STORAGES)
+    user = await database_sync_to_async(make_user)()
+    frames = await draw(connect, user)
+
+    failed = next(f for f in frames if f["type"] == "tool.failed")
+    assert failed["error"]["code"] == "storage_unavailable"
+    assert frames[-1]["type"] == "assistant.completed"
+    assert await GeneratedImage.objects.acount() == 0
+    assert (await ToolInvocation.objects.aget()).status == "failed"
+    assert bucket_keys(s3_bucket) == []
+
+
+async def test_deleting_a_conversation_deletes_its_image_objects(
+    make_user: Any, connect: Any, fake_openai: Any, s3_bucket: Any
+) -> None:
+    user = await database_sync_to_async(make_user)()
+    await draw(connect, user)
+    conversation = await Conversation.objects.aget()
+    assert len(bucket_keys(s3_bucket)) == 1
+
+    client = owner_client(user)
+    response = await database_sync_to_async(client.post)(f"/c/{conversation.pk}/delete/")
+    assert response.status_code == 302
+    assert await GeneratedImage.objects.acount() == 0
+    assert bucket_keys(s3_bucket) == []

@@ -236,5 +236,7 @@ LOGGING = {
         "httpx2": {"level": "WARNING"},
         "httpcore2": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # daphne's runserver logs each request here; one line each, not two.
+        "django.channels.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }

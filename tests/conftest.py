@@ -198,3 +198,21 @@ def uuid_hex() -> str:
 def bucket_keys(client: Any) -> list[str]:
     listing = client.list_objects_v2(Bucket=client.bucket_name)
     return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_orm_thread_connections(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Close the connection that the async tests' ORM thread opened.
+
+    Otherwise PostgreSQL refuses to drop the test database at the end
+    ("being accessed by other users").
+    """
+    yield
+    import asyncio
+
+    from channels.db import database_sync_to_async
+    from django.db import connections
+
+    # From a fresh loop with no sync caller, this runs on that same ORM thread.
+    with django_db_blocker.unblock():
+        asyncio.run(database_sync_to_async(connections.close_all)())

@@ -16,7 +16,7 @@ let socket = null;
 let retryDelay = 500;
 let activeMessageId = null;
 const unacked = new Map(); // client_message_id -> frame, resent after a reconnect
-const DRAFT_KEY = `chatimg:draft:${conversationId || "new"}`;
+const draftKey = () => `chatimg:draft:${conversationId || "new"}`;
 
 // --- rendering ---------------------------------------------------------------
 
@@ -151,6 +151,20 @@ function addUserMessage(text) {
   return article;
 }
 
+function showNewConversation(conversation) {
+  document.getElementById("chat-title").textContent = conversation.title;
+  document.title = `${conversation.title} · chatimg`;
+  const list = document.getElementById("conversation-list");
+  list.querySelector("li.muted")?.remove();
+  list.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
+  const link = el("a", "", conversation.title);
+  link.href = conversation.url;
+  link.setAttribute("aria-current", "page");
+  const item = el("li");
+  item.append(link);
+  list.prepend(item);
+}
+
 function scrollToEnd() {
   messagesEl.scrollTop = messagesEl.scrollHeight;
 }
@@ -202,7 +216,7 @@ const handlers = {
     if (!conversationId) {
       conversationId = frame.conversation_id;
       history.replaceState(null, "", frame.conversation.url);
-      document.getElementById("chat-title").textContent = frame.conversation.title;
+      showNewConversation(frame.conversation);
     }
     startStreaming(articleFor(frame.assistant_message_id));
   },
@@ -255,7 +269,7 @@ form.addEventListener("submit", (event) => {
   unacked.set(clientId, frame);
   send(frame);
   input.value = "";
-  localStorage.removeItem(DRAFT_KEY);
+  localStorage.removeItem(draftKey());
   setBusy(true);
 });
 
@@ -266,8 +280,8 @@ input.addEventListener("keydown", (event) => {
   }
 });
 
-input.addEventListener("input", () => localStorage.setItem(DRAFT_KEY, input.value));
-input.value = localStorage.getItem(DRAFT_KEY) || "";
+input.addEventListener("input", () => localStorage.setItem(draftKey(), input.value));
+input.value = localStorage.getItem(draftKey()) || "";
 
 stopButton.addEventListener("click", () => {
   if (conversationId) send({ type: "turn.cancel", conversation_id: conversationId });

@@ -218,13 +218,20 @@ OFFLINE_TOKEN_DELAY_MS = env_int("CHATIMG_OFFLINE_TOKEN_DELAY_MS", 25, minimum=0
 # --- Turn engine ----------------------------------------------------------------
 
 STREAM_COALESCE_MS = env_int("CHATIMG_STREAM_COALESCE_MS", 30, minimum=0)
-CHECKPOINT_SECONDS = env_float("CHATIMG_CHECKPOINT_SECONDS", 5.0, minimum=0.1)
-STALE_TURN_SECONDS = env_float("CHATIMG_STALE_TURN_SECONDS", 30.0, minimum=1)
+CHECKPOINT_SECONDS = env_float("CHATIMG_CHECKPOINT_SECONDS", 10.0, minimum=0.05)
+STALE_TURN_SECONDS = env_float("CHATIMG_STALE_TURN_SECONDS", 60.0, minimum=0.2)
+if STALE_TURN_SECONDS <= 2 * CHECKPOINT_SECONDS:
+    raise ImproperlyConfigured(
+        "CHATIMG_STALE_TURN_SECONDS must be more than twice CHATIMG_CHECKPOINT_SECONDS, "
+        "or live answers would be taken for dead ones"
+    )
 TURN_TIMEOUT_SECONDS = env_float("CHATIMG_TURN_TIMEOUT", 300.0, minimum=1)
 MAX_TOOL_CALLS_PER_TURN = env_int("CHATIMG_MAX_TOOL_CALLS", 4, minimum=0)
 MAX_MESSAGE_CHARS = env_int("CHATIMG_MAX_MESSAGE_CHARS", 8000, minimum=1)
 MAX_FRAME_BYTES = env_int("CHATIMG_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
 HISTORY_MESSAGES = env_int("CHATIMG_HISTORY_MESSAGES", 40, minimum=2)
+MESSAGES_PER_MINUTE = env_int("CHATIMG_MESSAGES_PER_MINUTE", 20, minimum=1)
+FRAMES_PER_10_SECONDS = env_int("CHATIMG_FRAMES_PER_10S", 200, minimum=10)
 
 LOGGING = {
     "version": 1,

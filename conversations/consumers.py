@@ -8,12 +8,14 @@ turn: closing the socket leaves the answer running.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.core.cache import cache
 
 from conversations import turns
 from conversations.models import Conversation, Message, TurnInProgress
@@ -42,6 +44,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # message_id -> how many characters of it this client has.
         self.offsets: dict[int, int] = {}
         self.resyncing: set[int] = set()
+        self.window_start, self.window_frames = time.monotonic(), 0
         await self.send(
             turns.frame(
                 "session.ready",
@@ -59,6 +62,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self.user.is_authenticated:
             return
         try:
+            self._count_frame()
             payload = self._parse(text_data, bytes_data)
             handler = self.handlers.get(payload["type"])
             if handler is None:
@@ -68,6 +72,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._send_error(exc.code, exc.message, ref=self._ref(text_data))
 
     # --- frames from the client ------------------------------------------------
+
+    def _count_frame(self) -> None:
+        """A per-socket flood guard (fixed 10-second windows, in memory)."""
+        now = time.monotonic()
+        if now - self.window_start >= 10:
+            self.window_start, self.window_frames = now, 0
+        self.window_frames += 1
+        if self.window_frames > settings.FRAMES_PER_10_SECONDS:
+            raise ProtocolError("rate_limited", "Too many frames; slow down.")
+
+    async def _count_message(self) -> None:
+        """Messages per user per minute, shared by all their sockets and processes."""
+        window = int(time.time() // 60)
+        key = f"ratelimit:send:{self.user.pk}:{window}"
+        sent = 1 if await cache.aadd(key, 1, timeout=65) else await cache.aincr(key)
+        if sent > settings.MESSAGES_PER_MINUTE:
+            retry_after = 60 - int(time.time()) % 60
+            raise ProtocolError(
+                "rate_limited",
+                f"You can send {settings.MESSAGES_PER_MINUTE} messages a minute; "
+                f"try again in {retry_after} s.",
+            )
 
     def _parse(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
         if text_data is None:
@@ -119,6 +145,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
         if not isinstance(key, str) or not 1 <= len(key) <= 64:
             raise ProtocolError("bad_frame", "client_message_id must be a string of 1-64 chars.")
+        await self._count_message()
         if payload.get("conversation_id") is None:
             conversation = await database_sync_to_async(self._conversation_for_new_send)(key)
         else:

@@ -9,7 +9,9 @@ history sent back to the model can still interleave text and images in order.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -114,20 +116,36 @@ class Conversation(models.Model):
 
 
 class MessageQuerySet(models.QuerySet):
-    def mark_stale_interrupted(self, now: Any = None) -> int:
+    def mark_stale_interrupted(self, now: Any = None) -> list[Message]:
         """Close answers whose turn died with its process (no heartbeat lately).
 
         Their last checkpoint stays as the stored text; nothing is left
-        "streaming" forever.
+        "streaming" forever. Returns the messages it closed.
         """
         now = now or timezone.now()
         cutoff = now - timedelta(seconds=settings.STALE_TURN_SECONDS)
-        return self.filter(status=Message.Status.STREAMING, heartbeat_at__lt=cutoff).update(
-            status=Message.Status.INTERRUPTED,
-            error_code="interrupted",
-            error_message="The server stopped while this answer was being written.",
-            updated_at=now,
-        )
+        stale = Q(status=Message.Status.STREAMING, heartbeat_at__lt=cutoff)
+        closed = []
+        for message in self.filter(stale):
+            with transaction.atomic():
+                # Conditional, so that two sweepers (or a late heartbeat) never race.
+                won = Message.objects.filter(stale, pk=message.pk).update(
+                    status=Message.Status.INTERRUPTED,
+                    error_code="interrupted",
+                    error_message="The server stopped while this answer was being written.",
+                    heartbeat_at=None,
+                    updated_at=now,
+                )
+                if not won:
+                    continue
+                message.tool_invocations.filter(status=ToolInvocation.Status.RUNNING).update(
+                    status=ToolInvocation.Status.FAILED,
+                    error="The server stopped before the image was finished.",
+                    result={"status": "error", "error": "The server stopped."},
+                    finished_at=now,
+                )
+            closed.append(message)
+        return closed
 
 
 class Message(models.Model):
@@ -216,7 +234,9 @@ class Message(models.Model):
     def checkpoint(self, text: str) -> None:
         """Save the streamed text so far and prove the turn is alive (one UPDATE)."""
         now = timezone.now()
-        Message.objects.filter(pk=self.pk).update(text=text, heartbeat_at=now, updated_at=now)
+        Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(
+            text=text, heartbeat_at=now, updated_at=now
+        )
 
     def finish(
         self,
@@ -380,3 +400,64 @@ def delete_image_object(sender: type, instance: GeneratedImage, **kwargs: Any) -
 
     if name:
         transaction.on_commit(remove)
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def authenticate(self, raw: str) -> Any:
+        """The active user a raw bearer token belongs to, or None."""
+        token = (
+            self.filter(digest=ApiToken.digest_of(raw), revoked_at=None, user__is_active=True)
+            .select_related("user")
+            .first()
+        )
+        if token is None:
+            return None
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        return token.user
+
+
+class ApiToken(models.Model):
+    """A personal token for programs that are not the browser (CLI, bots, apps).
+
+    Only a SHA-256 digest is stored: the token itself is shown once, at
+    creation. (A fast hash is enough: the tokens are 256 random bits.)
+    """
+
+    PREFIX = "cit_"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    # The first characters, so that people can tell their tokens apart.
+    hint = models.CharField(max_length=12)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.hint}…)"
+
+    @staticmethod
+    def digest_of(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user: Any, name: str) -> tuple[ApiToken, str]:
+        """Create a token; returns the row and the raw token (shown only now)."""
+        raw = cls.PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(
+            user=user, name=name, hint=raw[: len(cls.PREFIX) + 4], digest=cls.digest_of(raw)
+        )
+        return token, raw
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])

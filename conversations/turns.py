@@ -13,7 +13,6 @@ checkpointed to the database at a bounded interval and at the end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -125,8 +124,6 @@ class Turn:
         self._last_flush = float("-inf")
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
-        self._last_checkpoint = 0.0
-        self._checkpoint_task: asyncio.Task[None] | None = None
         self._window = settings.STREAM_COALESCE_MS / 1000
 
     # --- lifecycle ---------------------------------------------------------------
@@ -139,8 +136,7 @@ class Turn:
     async def run(self) -> None:
         control = await control_channel()
         await self.layer.group_add(control_group(self.context.conversation_id), control)
-        loop = asyncio.get_running_loop()
-        self._last_checkpoint = loop.time()
+        heartbeat = asyncio.create_task(self._heartbeat())
         try:
             async with asyncio.timeout(settings.TURN_TIMEOUT_SECONDS):
                 await self._converse()
@@ -163,7 +159,19 @@ class Turn:
         else:
             await self._finish(Message.Status.COMPLETE)
         finally:
+            heartbeat.cancel()
             await self.layer.group_discard(control_group(self.context.conversation_id), control)
+
+    async def _heartbeat(self) -> None:
+        """Checkpoint the text at a fixed pace, however many tokens arrive.
+
+        The write doubles as proof of life: a long image call must not make a
+        live answer look dead to the recovery sweep.
+        """
+        message = Message(pk=self.context.message_id)
+        while True:
+            await asyncio.sleep(settings.CHECKPOINT_SECONDS)
+            await database_sync_to_async(message.checkpoint)(self.text)
 
     async def send_snapshot(self, reply_to: str) -> None:
         """Send everything published so far; the consumer trims what its client has."""
@@ -286,8 +294,6 @@ class Turn:
         if self._flush_handle is None and self._flush_task is None:
             delay = max(0.0, self._last_flush + self._window - now)
             self._flush_handle = loop.call_later(delay, self._start_flush)
-        if now - self._last_checkpoint >= settings.CHECKPOINT_SECONDS:
-            self._checkpoint(now)
 
     def _start_flush(self) -> None:
         self._flush_handle = None
@@ -321,25 +327,12 @@ class Turn:
         async with self._publish_lock:
             await self.layer.group_send(self.group, {"type": "chat.event", "frame": payload})
 
-    def _checkpoint(self, now: float) -> None:
-        """Save the text so far without holding up the stream."""
-        if self._checkpoint_task is not None and not self._checkpoint_task.done():
-            return
-        self._last_checkpoint = now
-        message = Message(pk=self.context.message_id)
-        self._checkpoint_task = asyncio.create_task(
-            database_sync_to_async(message.checkpoint)(self.text)
-        )
-
     # --- endings -----------------------------------------------------------------
 
     async def _settle_pending_writes(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if self._checkpoint_task is not None:
-            with contextlib.suppress(Exception):
-                await self._checkpoint_task
         # Whatever was received is shown: the stored text is what the user saw.
         await self._flush()
 
@@ -406,6 +399,7 @@ async def control_channel() -> str:
         # channel through one BZPOPMIN on "specific.<client>!", under one lock.
         channel = await layer.new_channel()
         _control[loop] = (channel, loop.create_task(_serve_control(layer, channel)))
+        _sweepers[loop] = loop.create_task(_sweep_forever())
     return _control[loop][0]
 
 
@@ -422,6 +416,54 @@ async def _serve_control(layer: Any, channel: str) -> None:
                 await turn.send_snapshot(request["reply_to"])
         except Exception:
             log.exception("bad turn control request %r", request)
+
+
+_sweepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]]
+_sweepers = weakref.WeakKeyDictionary()
+
+
+async def sweep_stale_turns() -> int:
+    """Close answers whose process died, and tell whoever follows them."""
+    closed = await database_sync_to_async(_close_stale)()
+    layer = get_channel_layer()
+    for message, html in closed:
+        payload = frame(
+            "assistant.failed",
+            conversation_id=str(message.conversation_id),
+            message_id=message.pk,
+            code="interrupted",
+            message="The server stopped while this answer was being written.",
+            retryable=True,
+            text_length=len(message.text),
+            html=html,
+        )
+        await layer.group_send(
+            group_name(message.conversation_id), {"type": "chat.event", "frame": payload}
+        )
+    return len(closed)
+
+
+def _close_stale() -> list[tuple[Message, str]]:
+    closed = Message.objects.mark_stale_interrupted()
+    return [
+        (
+            message,
+            Message.objects.prefetch_related("tool_invocations__image")
+            .get(pk=message.pk)
+            .body_html(),
+        )
+        for message in closed
+    ]
+
+
+async def _sweep_forever() -> None:
+    """At start-up and then periodically (every process does it; it is idempotent)."""
+    while True:
+        try:
+            await sweep_stale_turns()
+        except Exception:
+            log.exception("sweeping stale answers failed")
+        await asyncio.sleep(max(1.0, settings.STALE_TURN_SECONDS / 2))
 
 
 def launch(context: TurnContext) -> Turn:

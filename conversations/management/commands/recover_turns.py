@@ -7,5 +7,5 @@ class Command(BaseCommand):
     help = "Mark answers whose process died mid-turn (stale heartbeat) as interrupted."
 
     def handle(self, *args: object, **options: object) -> None:
-        count = Message.objects.mark_stale_interrupted()
-        self.stdout.write(f"{count} interrupted answer(s) closed.")
+        closed = Message.objects.mark_stale_interrupted()
+        self.stdout.write(f"{len(closed)} interrupted answer(s) closed.")

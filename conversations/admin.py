@@ -1,7 +1,8 @@
 from django.contrib import admin
+from django.utils import timezone
 from django.utils.html import format_html
 
-from conversations.models import Conversation, GeneratedImage, Message, ToolInvocation
+from conversations.models import ApiToken, Conversation, GeneratedImage, Message, ToolInvocation
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -102,3 +103,22 @@ class GeneratedImageAdmin(admin.ModelAdmin):
     @admin.display(description="Prompt", ordering="prompt")
     def prompt_preview(self, obj: GeneratedImage) -> str:
         return obj.prompt if len(obj.prompt) <= 100 else obj.prompt[:97] + "…"
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "user", "hint", "created_at", "last_used_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["user"]
+    search_fields = ["name", "user__username", "hint"]
+    # The digest is useless to a person and there is no raw token to show.
+    fields = ["name", "user", "hint", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["user", "hint", "created_at", "last_used_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset) -> None:  # type: ignore[no-untyped-def]
+        queryset.filter(revoked_at=None).update(revoked_at=timezone.now())

@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_POST
 
-from conversations.models import Conversation, GeneratedImage, Message
+from conversations.models import ApiToken, Conversation, GeneratedImage, Message
 
 
 @login_required
@@ -69,6 +69,31 @@ def image(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
     response = FileResponse(default_storage.open(picture.file.name), content_type=content_type)
     patch_cache_control(response, private=True, max_age=3600)
     return response
+
+
+@login_required
+def tokens(request: HttpRequest) -> HttpResponse:
+    """Personal API tokens for the CLI and other programs; the raw token is shown once."""
+    created = None
+    error = ""
+    if request.method == "POST":
+        name = request.POST.get("name", "").strip()[:100]
+        if name:
+            _, created = ApiToken.issue(request.user, name)
+        else:
+            error = "Give the token a name, e.g. the machine it is for."
+    return render(
+        request,
+        "conversations/tokens.html",
+        {"tokens": request.user.api_tokens.all(), "created": created, "error": error},
+    )
+
+
+@login_required
+@require_POST
+def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
+    get_object_or_404(ApiToken, pk=token_id, user=request.user).revoke()
+    return redirect("tokens")
 
 
 def signup(request: HttpRequest) -> HttpResponse:

@@ -16,13 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +27,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from conversations.offline_model import OfflineModelServer
+from tests.servers import PASSWORD, AppServer, http_status, launch, server_env, stop
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -48,11 +43,6 @@ CHROMIUM_ARGS = [
 #: Fake model's delay between streamed tokens: slow enough to watch text grow.
 TOKEN_DELAY = 0.03
 TIMEOUT_MS = 15_000
-PASSWORD = "correct-horse-battery-9"
-
-# Settings from the developer's shell must not leak into the server under test.
-_SCRUBBED_ENV_PREFIXES = ("OPENAI_", "CHATIMG_", "S3_", "DJANGO_")
-_SCRUBBED_ENV = {"DATABASE_URL", "REDIS_URL", "SQLITE_PATH", "MEDIA_ROOT", "LOG_LEVEL"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -100,133 +90,21 @@ def model(model_server: OfflineModelServer) -> OfflineModelServer:
     return model_server
 
 
-# --- the app server -------------------------------------------------------------------
-
-
-@dataclass
-class AppServer:
-    url: str
-    db_path: Path
-    media_root: Path
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    def manage(self, *args: str) -> str:
-        """Run a management command against the server's database."""
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-            )
-        return result.stdout
-
-    def create_user(self, username: str, password: str = PASSWORD) -> None:
-        code = (
-            "from django.contrib.auth import get_user_model; "
-            f"get_user_model().objects.create_user({username!r}, password={password!r})"
-        )
-        self.manage("shell", "-c", code)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (OSError, ValueError):
-        return None
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _start(server: AppServer, attempts: int = 3) -> None:
-    for _attempt in range(attempts):
-        port = _free_port()
-        with server.log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-                cwd=REPO,
-                env=server.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process.poll() is None:
-            if _status(f"{url}/login/") == 200:
-                server.url, server.process = url, process
-                return
-            time.sleep(0.1)
-        _stop(process)  # it exited (port taken?) or never answered: try another port
-    raise RuntimeError(f"The app server did not start:\n{server.log_tail()}")
-
-
 @pytest.fixture(scope="session")
 def app_server(model_server: OfflineModelServer, output_dir: Path) -> Iterator[AppServer]:
     """The app in its own process, on a fresh migrated SQLite file, using the fake model."""
     tmp = Path(tempfile.mkdtemp(prefix="chatimg-browser-"))
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in _SCRUBBED_ENV and not key.startswith(_SCRUBBED_ENV_PREFIXES)
-    }
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "chatimg.settings",
-            "DJANGO_DEBUG": "1",
-            "SQLITE_PATH": str(tmp / "db.sqlite3"),
-            "MEDIA_ROOT": str(tmp / "media"),
-            "OPENAI_API_KEY": "sk-test",
-            "OPENAI_BASE_URL": model_server.base_url,
-            "CHATIMG_CHAT_MODEL": "gpt-test",
-            "CHATIMG_IMAGE_MODEL": "gpt-image-test",
-            "CHATIMG_IMAGE_SIZE": "256x256",
-            "CHATIMG_LLM_MAX_RETRIES": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
     log_path = output_dir / "browser-server.log"
     log_path.write_bytes(b"")
-    server = AppServer("", tmp / "db.sqlite3", tmp / "media", env, log_path)
+    server = None
     try:
-        server.manage("migrate", "--noinput")
-        _start(server)
-        static = _status(f"{server.url}/static/conversations/chat.js")
+        server = launch(server_env(tmp, model_server.base_url), log_path)
+        static = http_status(f"{server.url}/static/conversations/chat.js")
         assert static == 200, f"/static/conversations/chat.js answered {static}"
         yield server
     finally:
-        if server.process is not None:
-            _stop(server.process)
+        if server is not None and server.process is not None:
+            stop(server.process)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -40,6 +40,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._send_error("unauthenticated", "Log in first.")
             await self.close(code=4401)
             return
+        # Starts this process's turn-control receiver and stale-answer sweep
+        # (at the first socket after start-up, then periodically).
+        await turns.control_channel()
         self.groups_joined: set[str] = set()
         # message_id -> how many characters of it this client has.
         self.offsets: dict[int, int] = {}

@@ -52,6 +52,15 @@ def local_storage(settings: Any, tmp_path: Any) -> Any:
     return tmp_path / "media"
 
 
+@pytest.fixture(autouse=True)
+def fresh_cache() -> Iterator[None]:
+    """Rate-limit counters must not leak from one test into the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
 @pytest.fixture
 def make_user(db: Any) -> Any:
     def make(username: str = "alice", **extra: Any) -> Any:
@@ -94,10 +103,14 @@ class ChatSocket:
         await self.communicator.disconnect()
 
 
-async def open_socket(user: Any = None, origin: str = "http://testserver") -> tuple[bool, Any]:
+async def open_socket(
+    user: Any = None, origin: str = "http://testserver", headers: list | None = None
+) -> tuple[bool, Any]:
     from chatimg.asgi import application
 
-    headers = [(b"origin", origin.encode())] if origin else []
+    headers = list(headers or [])
+    if origin:
+        headers.append((b"origin", origin.encode()))
     if user is not None:
         cookie = await sync_to_async(session_cookie)(user)
         headers.append((b"cookie", f"sessionid={cookie}".encode()))

@@ -145,3 +145,37 @@ async def test_deleting_a_conversation_deletes_its_image_objects(
     assert response.status_code == 302
     assert await GeneratedImage.objects.acount() == 0
     assert bucket_keys(s3_bucket) == []
+
+
+async def test_with_the_s3_server_down_the_tool_fails_and_nothing_is_left_behind(
+    make_user: Any, connect: Any, fake_openai: Any, s3_bucket: Any, settings: Any
+) -> None:
+    from moto.server import ThreadedMotoServer
+
+    # A second S3 server, used by the app, that goes down before the upload.
+    doomed = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    doomed.start()
+    host, port = doomed.get_host_and_port()
+    options = settings.STORAGES["default"]["OPTIONS"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            **settings.STORAGES["default"],
+            "OPTIONS": {**options, "endpoint_url": f"http://{host}:{port}"},
+        },
+    }
+    doomed.stop()
+
+    user = await database_sync_to_async(make_user)()
+    frames = await draw(connect, user)
+    failed = next(f for f in frames if f["type"] == "tool.failed")
+    assert failed["error"] == {
+        "code": "storage_unavailable",
+        "message": "The image could not be saved; try again.",
+    }
+    assert frames[-1]["type"] == "assistant.completed"  # the model was told; the turn went on
+    assert await GeneratedImage.objects.acount() == 0
+    invocation = await ToolInvocation.objects.aget()
+    assert invocation.status == "failed" and "could not be saved" in invocation.error
+    # moto keeps its state in this process: the bucket behind both servers is empty.
+    assert bucket_keys(s3_bucket) == []

@@ -6,6 +6,7 @@ odd behaviour hours later.
 """
 
 import os
+from decimal import Decimal, InvalidOperation
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -67,3 +68,18 @@ def env_choice(name: str, default: str, choices: set[str]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def env_prices(name: str) -> dict[str, Decimal]:
+    """Parse "key=price,key=price" into Decimals (an empty dict when unset)."""
+    prices: dict[str, Decimal] = {}
+    for pair in env_list(name, []):
+        key, sep, value = pair.partition("=")
+        try:
+            price = Decimal(value.strip())
+        except InvalidOperation:
+            price = Decimal(-1)
+        if not sep or not key.strip() or price < 0:
+            raise ImproperlyConfigured(f"{name} must look like 'low=0.011,*=0.04', got {pair!r}")
+        prices[key.strip()] = price
+    return prices

@@ -11,7 +11,15 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from chatimg.env import env_bool, env_choice, env_float, env_int, env_list, env_str
+from chatimg.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_prices,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -201,8 +209,16 @@ IMAGE_SIZE = env_str("CHATIMG_IMAGE_SIZE", "1024x1024")
 # gpt-image-1 always answers b64_json and rejects the parameter; dall-e and most
 # compatible servers accept it. "none" means: do not send it.
 IMAGE_RESPONSE_FORMAT = env_choice(
-    "CHATIMG_IMAGE_RESPONSE_FORMAT", "b64_json", {"b64_json", "url", "none"}
+    "CHATIMG_IMAGE_RESPONSE_FORMAT", "auto", {"auto", "b64_json", "url", "none"}
 )
+# Allow-lists for the tool's options; empty = the built-in table for the model.
+IMAGE_SIZES = env_list("CHATIMG_IMAGE_SIZES", [])
+IMAGE_QUALITIES = env_list("CHATIMG_IMAGE_QUALITIES", [])
+IMAGE_STYLES = env_list("CHATIMG_IMAGE_STYLES", [])
+# "quality=price" pairs in USD per image, "*" for any quality, e.g.
+# "low=0.011,medium=0.042,high=0.167" or "*=0.04". Unset: no cost estimate.
+IMAGE_PRICES = env_prices("CHATIMG_IMAGE_PRICES")
+IMAGES_PER_DAY = env_int("CHATIMG_IMAGES_PER_DAY", 50, minimum=0)
 IMAGE_MAX_BYTES = env_int("CHATIMG_IMAGE_MAX_BYTES", 20 * 1024 * 1024, minimum=1024)
 LLM_TIMEOUT_SECONDS = env_float("CHATIMG_LLM_TIMEOUT", 60.0, minimum=1)
 IMAGE_TIMEOUT_SECONDS = env_float("CHATIMG_IMAGE_TIMEOUT", 120.0, minimum=1)

@@ -198,15 +198,18 @@ async def stream_chat(
     yield StreamEnd(finish_reason, usage)
 
 
-async def generate_image(prompt: str, *, size: str, quality: str = "") -> Picture:
+async def generate_image(prompt: str, *, size: str, quality: str = "", style: str = "") -> Picture:
     """Ask the image API for one picture and return its bytes."""
     kwargs: dict[str, Any] = {"model": settings.IMAGE_MODEL, "prompt": prompt, "n": 1}
-    if size:
-        kwargs["size"] = size
-    if quality:
-        kwargs["quality"] = quality
-    if settings.IMAGE_RESPONSE_FORMAT != "none":
-        kwargs["response_format"] = settings.IMAGE_RESPONSE_FORMAT
+    for name, value in (("size", size), ("quality", quality), ("style", style)):
+        if value:
+            kwargs[name] = value
+    response_format = settings.IMAGE_RESPONSE_FORMAT
+    if response_format == "auto":
+        # gpt-image models always answer b64_json and reject the parameter.
+        response_format = "none" if settings.IMAGE_MODEL.startswith("gpt-image") else "b64_json"
+    if response_format != "none":
+        kwargs["response_format"] = response_format
     try:
         response = await client(images=True).images.generate(**kwargs)
     except openai.BadRequestError as exc:

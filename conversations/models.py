@@ -331,7 +331,21 @@ def image_key(instance: GeneratedImage, filename: str) -> str:
     return f"images/{instance.id.hex[:2]}/{instance.id.hex}.{instance.format or 'png'}"
 
 
+class GeneratedImageQuerySet(models.QuerySet):
+    def visible_to(self, user: Any) -> GeneratedImageQuerySet:
+        """What a person may be served: staff see everything, owners what is not hidden."""
+        if user.is_staff:
+            return self
+        return self.filter(user=user).exclude(review_status=GeneratedImage.Review.HIDDEN)
+
+
 class GeneratedImage(models.Model):
+    class Review(models.TextChoices):
+        UNREVIEWED = "unreviewed"
+        VISIBLE = "visible"
+        FLAGGED = "flagged"
+        HIDDEN = "hidden"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generated_images"
@@ -350,16 +364,34 @@ class GeneratedImage(models.Model):
     model = models.CharField(max_length=100)
     size = models.CharField(max_length=20, blank=True)
     quality = models.CharField(max_length=20, blank=True)
+    style = models.CharField(max_length=20, blank=True)
     prompt = models.TextField()
     revised_prompt = models.TextField(blank=True)
     latency_ms = models.PositiveIntegerField(default=0)
+    # Only when the operator configured the provider's price (CHATIMG_IMAGE_PRICES).
+    cost_usd = models.DecimalField(max_digits=8, decimal_places=4, null=True, blank=True)
+    review_status = models.CharField(
+        max_length=12, choices=Review.choices, default=Review.UNREVIEWED, db_index=True
+    )
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="reviewed_images",
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = GeneratedImageQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["-created_at"], name="image_recent"),
             models.Index(fields=["user", "-created_at"], name="image_user_recent"),
+            # The same bytes are stored once per user: found by this lookup.
+            models.Index(fields=["user", "sha256"], name="image_user_sha256"),
         ]
 
     def __str__(self) -> str:
@@ -368,8 +400,9 @@ class GeneratedImage(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("image", args=[self.id])
 
-    def can_view(self, user: Any) -> bool:
-        return bool(user.is_authenticated and (user.is_staff or user.pk == self.user_id))
+    @property
+    def is_hidden(self) -> bool:
+        return self.review_status == self.Review.HIDDEN
 
     def summary(self) -> dict:
         """The image as clients and the model see it: app URL, no storage URL."""
@@ -388,11 +421,14 @@ class GeneratedImage(models.Model):
 def delete_image_object(sender: type, instance: GeneratedImage, **kwargs: Any) -> None:
     """Deleting an image row, directly or by cascade, removes its object too.
 
-    Only once the deletion has committed: a rolled-back delete keeps both.
+    Only once the deletion has committed (a rolled-back delete keeps both), and
+    only when no other row shares the object (identical bytes are stored once).
     """
     name = instance.file.name
 
     def remove() -> None:
+        if GeneratedImage.objects.filter(file=name).exists():
+            return
         try:
             default_storage.delete(name)
         except Exception:
@@ -400,6 +436,62 @@ def delete_image_object(sender: type, instance: GeneratedImage, **kwargs: Any) -
 
     if name:
         transaction.on_commit(remove)
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"daily image quota of {limit} reached")
+        self.limit = limit
+
+
+class ImageQuotaManager(models.Manager):
+    def _today(self, user: Any) -> ImageQuota:
+        quota, _ = self.get_or_create(user=user, day=timezone.now().date())
+        return quota
+
+    def reserve(self, user: Any) -> int | None:
+        """Take one image from today's allowance; returns how many are left.
+
+        Atomic (one conditional UPDATE), so concurrent turns cannot overspend.
+        Staff are counted but never refused (None = unlimited).
+        """
+        limit = settings.IMAGES_PER_DAY
+        with transaction.atomic():
+            quota = self._today(user)
+            rows = self.filter(pk=quota.pk)
+            if not user.is_staff:
+                rows = rows.filter(used__lt=limit)
+            if not rows.update(used=models.F("used") + 1):
+                raise QuotaExceeded(limit)
+        return None if user.is_staff else limit - quota.used - 1
+
+    def release(self, user: Any) -> None:
+        """Give back a reservation whose image was never made."""
+        self.filter(user=user, day=timezone.now().date(), used__gt=0).update(
+            used=models.F("used") - 1
+        )
+
+    def remaining(self, user: Any) -> int | None:
+        if user.is_staff:
+            return None
+        quota = self.filter(user=user, day=timezone.now().date()).first()
+        return settings.IMAGES_PER_DAY - (quota.used if quota else 0)
+
+
+class ImageQuota(models.Model):
+    """Images generated per user per (UTC) day, counted atomically."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    day = models.DateField()
+    used = models.PositiveIntegerField(default=0)
+
+    objects = ImageQuotaManager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "day"], name="quota_user_day")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.day}: {self.used}"
 
 
 class ApiTokenQuerySet(models.QuerySet):

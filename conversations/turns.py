@@ -119,6 +119,7 @@ class Turn:
         self.published = 0  # how much of it has gone out as deltas
         self.usage: dict[str, int] = {}
         self.task: asyncio.Task[None] | None = None
+        self.user: Any = None  # the conversation's owner, loaded with the context
         self.cancel_requested = False
         self._publish_lock = asyncio.Lock()
         self._last_flush = float("-inf")
@@ -195,7 +196,7 @@ class Turn:
         while True:
             calls: list[llm.ToolCallRequest] = []
             segment_start = len(self.text)
-            tools = [images.GENERATE_IMAGE_TOOL] if calls_left > 0 else None
+            tools = [images.tool_schema()] if calls_left > 0 else None
             async for event in llm.stream_chat(messages, tools):
                 if isinstance(event, llm.TextDelta):
                     self._add_text(event.text)
@@ -229,15 +230,18 @@ class Turn:
                 )
 
     def _load_context(self) -> list[dict[str, Any]]:
-        conversation = Conversation.objects.get(pk=self.context.conversation_id)
+        conversation = Conversation.objects.select_related("user").get(
+            pk=self.context.conversation_id
+        )
+        self.user = conversation.user
         return model_messages(conversation)
 
     async def _run_tool(self, call: llm.ToolCallRequest, *, allowed: bool) -> dict[str, Any]:
         try:
-            arguments = images.parse_arguments(call.arguments)
-            parse_error = None
+            request: images.ImageRequest | None = images.parse_arguments(call.arguments)
+            arguments, parse_error = request.arguments(), None
         except images.ToolError as exc:
-            arguments, parse_error = {"raw": call.arguments[:1000]}, exc
+            request, arguments, parse_error = None, {"raw": call.arguments[:1000]}, exc
         invocation = await database_sync_to_async(ToolInvocation.objects.create)(
             message_id=self.context.message_id,
             call_id=call.call_id[:100],
@@ -256,10 +260,9 @@ class Turn:
                 raise images.ToolError("unknown_tool", f"There is no tool named {call.name!r}.")
             if not allowed:
                 raise images.ToolError("tool_limit", "Too many images in one answer.")
-            image = await images.generate(
-                invocation,
-                user_id=self.context.user_id,
-                conversation_id=self.context.conversation_id,
+            assert request is not None
+            image, remaining = await images.generate(
+                invocation, request, user=self.user, conversation_id=self.context.conversation_id
             )
         except images.ToolError as exc:
             await database_sync_to_async(invocation.fail)(exc.message)
@@ -267,14 +270,26 @@ class Turn:
                 frame("tool.failed", **ids, error={"code": exc.code, "message": exc.message})
             )
             return invocation.result
-        result = {
+        result: dict[str, Any] = {
             "status": "ok",
             "image_id": str(image.id),
             "prompt": image.prompt,
             "revised_prompt": image.revised_prompt or None,
         }
+        if request.notes:
+            result["notes"] = request.notes
+        if remaining is not None:
+            result["images_left_today"] = remaining
         await database_sync_to_async(invocation.complete)(result)
-        await self._publish(frame("tool.completed", **ids, image=image.summary()))
+        await self._publish(
+            frame(
+                "tool.completed",
+                **ids,
+                image=image.summary(),
+                notes=request.notes,
+                images_left_today=remaining,
+            )
+        )
         return result
 
     # --- streaming out -----------------------------------------------------------

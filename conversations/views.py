@@ -55,9 +55,14 @@ def image(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
     Pages embed this URL, never a storage URL. On S3 it redirects to a freshly
     presigned URL; on local storage it serves the file itself.
     """
-    picture = GeneratedImage.objects.filter(pk=image_id).only("user_id", "file", "format").first()
-    # Someone else's image is "not found", exactly like a missing one.
-    if picture is None or not picture.can_view(request.user):
+    picture = (
+        GeneratedImage.objects.visible_to(request.user)
+        .filter(pk=image_id)
+        .only("file", "format")
+        .first()
+    )
+    # Someone else's image, or one a moderator hid, is "not found" like a missing one.
+    if picture is None:
         raise Http404("No such image.")
     if hasattr(default_storage, "bucket_name"):
         response: HttpResponse = HttpResponseRedirect(default_storage.url(picture.file.name))

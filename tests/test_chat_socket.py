@@ -145,6 +145,7 @@ async def test_the_follow_up_request_carries_no_image_bytes_or_urls(
             "image_id": str(image.id),
             "prompt": "a lighthouse at dusk",
             "revised_prompt": "A tall lighthouse, warm dusk light",
+            "images_left_today": 49,
         }
 
 

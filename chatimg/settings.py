@@ -229,6 +229,9 @@ SYSTEM_PROMPT = env_str(
     "picture, call the generate_image tool with a detailed prompt, then say one short "
     "sentence about the result. Use Markdown for formatting.",
 )
+# Ask the model for a title after the first exchange (the first message stands in
+# until then, and for good with the offline model).
+LLM_TITLES = env_bool("CHATIMG_LLM_TITLES", not OFFLINE_MODEL)
 OFFLINE_TOKEN_DELAY_MS = env_int("CHATIMG_OFFLINE_TOKEN_DELAY_MS", 25, minimum=0)
 
 # --- Turn engine ----------------------------------------------------------------

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from conversations import turns
-from conversations.models import Conversation, Message, TurnInProgress
+from conversations.models import Conversation, Message, NothingToRegenerate, TurnInProgress
 
 PROTOCOL_VERSION = 1
 
@@ -194,6 +194,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return earlier.conversation
         return Conversation.objects.create(user=self.user)
 
+    async def on_regenerate(self, payload: dict[str, Any]) -> None:
+        conversation = await self._conversation(payload)
+        await self._count_message()
+        try:
+            replaced, answer = await database_sync_to_async(conversation.begin_regeneration)()
+        except TurnInProgress:
+            raise ProtocolError(
+                "turn_in_progress", "Wait for the current answer to finish, or stop it."
+            ) from None
+        except NothingToRegenerate:
+            raise ProtocolError("nothing_to_regenerate", "There is no answer to redo.") from None
+        await self._follow(conversation)
+        self.offsets[answer.pk] = 0
+        # Every follower (other tabs too) swaps the old answer for the new one.
+        replacing = turns.frame(
+            "turn.regenerating",
+            conversation_id=str(conversation.pk),
+            replaces_message_id=replaced,
+            assistant_message_id=answer.pk,
+        )
+        await self.channel_layer.group_send(
+            turns.group_name(conversation.pk), {"type": "chat.event", "frame": replacing}
+        )
+        turns.launch(turns.TurnContext(conversation.pk, answer.pk, self.user.pk))
+
     async def on_cancel(self, payload: dict[str, Any]) -> None:
         conversation = await self._conversation(payload)
         await turns.request_cancel(conversation.pk)
@@ -214,6 +239,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     handlers = {
         "message.send": on_send,
         "turn.cancel": on_cancel,
+        "turn.regenerate": on_regenerate,
         "conversation.subscribe": on_subscribe,
         "ping": on_ping,
     }

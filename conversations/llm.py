@@ -262,3 +262,29 @@ async def _download(url: str) -> bytes:
         raise ImageAPIError("image_timeout", "Downloading the image took too long.") from exc
     except httpx2.HTTPError as exc:
         raise ImageAPIError("image_unavailable", "The image could not be downloaded.") from exc
+
+
+TITLE_PROMPT = (
+    "Write a title of at most six words for a chat that begins as below. "
+    "Reply with the title only: no quotes, no final full stop."
+)
+
+
+async def suggest_title(question: str, answer: str) -> str | None:
+    """A short title from the first exchange, or None (the caller keeps its own)."""
+    try:
+        response = await client().chat.completions.create(
+            model=settings.CHAT_MODEL,
+            messages=[
+                {"role": "system", "content": TITLE_PROMPT},
+                {
+                    "role": "user",
+                    "content": f"User: {question[:1000]}\n\nAssistant: {answer[:1000]}",
+                },
+            ],
+        )
+    except openai.OpenAIError:
+        return None
+    content = response.choices[0].message.content if response.choices else None
+    title = " ".join((content or "").split()).strip("\"'“”").rstrip(".")
+    return title[:80] or None

@@ -32,6 +32,10 @@ class TurnInProgress(Exception):
     """The conversation already has an answer streaming."""
 
 
+class NothingToRegenerate(Exception):
+    """The conversation does not end with an answer."""
+
+
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(
@@ -102,6 +106,34 @@ class Conversation(models.Model):
                 return (*existing, False)
             raise TurnInProgress from None
         return user_message, assistant, True
+
+    def begin_regeneration(self) -> tuple[int, Message]:
+        """Replace the latest answer with a new one to the same question.
+
+        The old answer goes (with its images and their objects: they belonged
+        to the answer the user asked to replace). Refused while any answer streams.
+        """
+        with transaction.atomic():
+            last = self.messages.order_by("-id").first()
+            if last is None or last.role != Message.Role.ASSISTANT or last.reply_to_id is None:
+                raise NothingToRegenerate
+            if last.status == Message.Status.STREAMING:
+                raise TurnInProgress
+            question, replaced = last.reply_to, last.pk
+            last.delete()
+            try:
+                with transaction.atomic():
+                    answer = self.messages.create(
+                        role=Message.Role.ASSISTANT,
+                        status=Message.Status.STREAMING,
+                        reply_to=question,
+                        model=settings.CHAT_MODEL,
+                        heartbeat_at=timezone.now(),
+                    )
+            except IntegrityError:
+                raise TurnInProgress from None
+            Conversation.objects.filter(pk=self.pk).update(updated_at=timezone.now())
+        return replaced, answer
 
     def _accepted(self, client_message_id: str) -> tuple[Message, Message] | None:
         user_message = self.messages.filter(client_message_id=client_message_id).first()

@@ -120,6 +120,8 @@ class Turn:
         self.usage: dict[str, int] = {}
         self.task: asyncio.Task[None] | None = None
         self.user: Any = None  # the conversation's owner, loaded with the context
+        self.question = ""  # the user message this answers
+        self.first_exchange = False
         self.cancel_requested = False
         self._publish_lock = asyncio.Lock()
         self._last_flush = float("-inf")
@@ -234,6 +236,9 @@ class Turn:
             pk=self.context.conversation_id
         )
         self.user = conversation.user
+        answer = Message.objects.select_related("reply_to").get(pk=self.context.message_id)
+        self.question = answer.reply_to.text if answer.reply_to else ""
+        self.first_exchange = not conversation.messages.filter(pk__lt=answer.reply_to_id).exists()
         return model_messages(conversation)
 
     async def _run_tool(self, call: llm.ToolCallRequest, *, allowed: bool) -> dict[str, Any]:
@@ -354,6 +359,9 @@ class Turn:
     async def _finish(self, status: str) -> None:
         await self._settle_pending_writes()
         message = await database_sync_to_async(self._save_final)(status, "", "")
+        if status == Message.Status.COMPLETE and self.first_exchange and settings.LLM_TITLES:
+            # After the answer, not before: a title must never delay the text.
+            _background(self._retitle())
         await self._publish_end(
             message,
             frame(
@@ -382,6 +390,23 @@ class Turn:
                 text_length=len(self.text),
                 html=await database_sync_to_async(message.body_html)(),
             ),
+        )
+
+    async def _retitle(self) -> None:
+        title = await llm.suggest_title(self.question, self.text)
+        if not title:
+            return
+        await Conversation.objects.filter(pk=self.context.conversation_id).aupdate(title=title)
+        await self.layer.group_send(
+            self.group,
+            {
+                "type": "chat.event",
+                "frame": frame(
+                    "conversation.updated",
+                    conversation_id=str(self.context.conversation_id),
+                    title=title,
+                ),
+            },
         )
 
     def _save_final(self, status: str, code: str, error: str) -> Message:
@@ -479,6 +504,16 @@ async def _sweep_forever() -> None:
         except Exception:
             log.exception("sweeping stale answers failed")
         await asyncio.sleep(max(1.0, settings.STALE_TURN_SECONDS / 2))
+
+
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _background(coroutine: Any) -> None:
+    """Run a fire-and-forget task, holding a reference so it is not collected."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 def launch(context: TurnContext) -> Turn:

@@ -37,6 +37,7 @@ def fake_openai(openai_server: OfflineModelServer, settings: Any) -> OfflineMode
     settings.IMAGE_MODEL = "gpt-image-test"
     settings.IMAGE_SIZE = "256x256"
     settings.LLM_MAX_RETRIES = 1
+    settings.LLM_TITLES = False  # tests that want the title request turn it on
     return openai_server
 
 

@@ -365,3 +365,75 @@ async def test_an_api_token_authenticates_a_program_and_a_revoked_one_is_refused
         }
     # A stored token is only ever a digest.
     assert raw not in str(await ApiToken.objects.values_list("digest", "hint").aget())
+
+
+async def test_regenerate_replaces_the_last_answer_and_its_images(
+    make_user: Any, connect: Any, fake_openai: Any, local_storage: Any
+) -> None:
+    from conversations.models import GeneratedImage
+
+    user, socket = await user_and_socket(make_user, connect)
+    other_tab = await connect(user)
+    await socket.send("message.send", client_message_id="c1", text="draw a lighthouse at dusk")
+    first = await socket.receive_until("assistant.completed")
+    conversation_id, old_answer = first[0]["conversation_id"], first[0]["assistant_message_id"]
+    old_image = await GeneratedImage.objects.aget()
+    await other_tab.send("conversation.subscribe", conversation_id=conversation_id)
+    await other_tab.receive_until("assistant.completed")
+
+    fake_openai.script_chat(Reply(text="A different answer."))
+    await socket.send("turn.regenerate", conversation_id=conversation_id)
+    frames = await socket.receive_until("assistant.completed")
+    regenerating = frames[0]
+    assert regenerating["type"] == "turn.regenerating"
+    assert regenerating["replaces_message_id"] == old_answer
+    new_answer = regenerating["assistant_message_id"]
+    assert text_of(frames, new_answer) == "A different answer."
+    seen_elsewhere = await other_tab.receive_until("assistant.completed")
+    assert seen_elsewhere[0]["type"] == "turn.regenerating"
+    assert text_of(seen_elsewhere, new_answer) == "A different answer."
+
+    assert not await Message.objects.filter(pk=old_answer).aexists()
+    assert not await GeneratedImage.objects.filter(pk=old_image.pk).aexists()
+    assert not (local_storage / old_image.file.name).exists()
+    # The model was asked the same question again, without the replaced answer.
+    asked = fake_openai.chat_requests()[-1].body["messages"]
+    assert asked[-1] == {"role": "user", "content": "draw a lighthouse at dusk"}
+    assert [m["role"] for m in asked] == ["system", "user"]
+
+
+async def test_regenerate_needs_an_answer_to_replace(
+    make_user: Any, connect: Any, fake_openai: Any
+) -> None:
+    user, socket = await user_and_socket(make_user, connect)
+    conversation = await Conversation.objects.acreate(user=user)
+    await socket.send("turn.regenerate", conversation_id=str(conversation.pk))
+    assert (await socket.receive())["code"] == "nothing_to_regenerate"
+
+
+async def test_the_first_exchange_gives_the_conversation_a_title(
+    make_user: Any, connect: Any, fake_openai: Any, settings: Any
+) -> None:
+    settings.LLM_TITLES = True
+    fake_openai.script_chat(Reply(text="Lighthouses are tall."), Reply(text='"Tall Lighthouses."'))
+    _, socket = await user_and_socket(make_user, connect)
+    await socket.send("message.send", client_message_id="c1", text="tell me about lighthouses")
+    accepted = (await socket.receive_until("message.accepted"))[-1]
+    assert accepted["conversation"]["title"] == "tell me about lighthouses"  # until the model's
+    updated = (await socket.receive_until("conversation.updated"))[-1]
+    assert updated["title"] == "Tall Lighthouses"
+    conversation = await Conversation.objects.aget(pk=accepted["conversation_id"])
+    assert conversation.title == "Tall Lighthouses"
+    title_request = fake_openai.chat_requests()[-1].body
+    assert "stream" not in title_request or title_request["stream"] is False
+    assert "Lighthouses are tall." in title_request["messages"][-1]["content"]
+
+    await socket.send(
+        "message.send",
+        conversation_id=accepted["conversation_id"],
+        client_message_id="c2",
+        text="and towers?",
+    )
+    await socket.receive_until("assistant.completed")
+    await asyncio.sleep(0.2)
+    assert len(fake_openai.chat_requests()) == 3  # no second title request

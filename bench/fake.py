@@ -1,0 +1,176 @@
+"""The OpenAI fake for benchmarks: ``conversations.offline_model`` plus timestamps.
+
+Run it in its own process (so it takes no CPU from the measured daphne's GIL):
+
+    .venv/bin/python -m bench.fake --port 0 --ready-file /tmp/fake.url
+
+It answers a user message containing ``bench tokens=N delay=D id=X`` with exactly
+``bench.common.reply_tokens(N)``, one SSE chunk per token, D seconds apart, paced
+on an absolute schedule (a late chunk does not push the later ones back, so the
+stream keeps its nominal rate). Anything else gets the offline model's usual reply.
+
+For every bench request it records, by id, the wall-clock time (``time.time()``)
+at which the request arrived and just before each content chunk was written.
+``GET /bench/stamps`` returns them as JSON; ``POST /bench/reset`` forgets them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.common import MARKER_RE, reply_tokens
+from conversations.offline_model import (
+    OfflineModelServer,
+    Reply,
+    _Handler,
+    _HTTPServer,
+    _text_of,
+)
+
+_local = threading.local()
+
+
+@dataclass
+class Record:
+    tokens: int
+    arrived: float
+    content_events: int = 0
+    events: int = 0
+    times: list[float] = field(default_factory=list)
+
+
+class _BenchHTTPServer(_HTTPServer):
+    # Hundreds of streams connect at once in the sweep.
+    request_queue_size = 2048
+
+
+class _BenchHandler(_Handler):
+    server: _BenchHTTPServer
+    _bench: Record | None = None
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/bench/stamps"):
+            model: BenchModelServer = self.server.model  # type: ignore[assignment]
+            with model.stamp_lock:
+                payload = {
+                    key: {"arrived": rec.arrived, "times": rec.times}
+                    for key, rec in model.stamps.items()
+                }
+            self._send_json(200, payload)
+            return
+        super().do_GET()
+
+    def do_POST(self) -> None:
+        if self.path.startswith("/bench/reset"):
+            model: BenchModelServer = self.server.model  # type: ignore[assignment]
+            with model.stamp_lock:
+                model.stamps.clear()
+            self._read_body()
+            self._send_json(200, {"ok": True})
+            return
+        super().do_POST()
+
+    def _chat(self, body: dict[str, Any] | None, raw: bytes) -> None:
+        arrived = time.time()
+        _local.reply = None
+        _local.deadline = time.monotonic()
+        self._bench = None
+        user_text = ""
+        for message in reversed((body or {}).get("messages") or []):
+            if isinstance(message, dict) and message.get("role") == "user":
+                user_text = _text_of(message.get("content"))
+                break
+        match = MARKER_RE.search(user_text)
+        if match:
+            count, delay = int(match["tokens"]), float(match["delay"])
+            _local.reply = Reply(tokens=list(reply_tokens(count)), token_delay=delay)
+            record = Record(tokens=count, arrived=arrived)
+            self._bench = record
+            model: BenchModelServer = self.server.model  # type: ignore[assignment]
+            with model.stamp_lock:
+                model.stamps[match["id"]] = record
+        try:
+            super()._chat(body, raw)
+        finally:
+            _local.reply = None
+            self._bench = None
+
+    def _send_event(self, data: str) -> None:
+        record = self._bench
+        if record is not None:
+            # Event 1 is the role chunk ("content": ""); events 2..N+1 carry the tokens.
+            record.events += 1
+            if 2 <= record.events <= record.tokens + 1:
+                record.times.append(time.time())  # just before the bytes are written
+        super()._send_event(data)
+
+
+class BenchModelServer(OfflineModelServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stamp_lock = threading.Lock()
+        self.stamps: dict[str, Record] = {}
+
+    def start(self) -> BenchModelServer:
+        # OfflineModelServer.start with the recording handler.
+        self._stopping = threading.Event()
+        httpd = _BenchHTTPServer((self.host, self.port), _BenchHandler)
+        httpd.model = self
+        self.port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"bench-fake:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def _next_chat(self) -> Any:
+        reply = getattr(_local, "reply", None)
+        return reply if reply is not None else super()._next_chat()
+
+    def _sleep(self, seconds: float) -> None:
+        # Absolute pacing per request thread: sleep until the next tick of the schedule.
+        if not hasattr(_local, "deadline"):
+            super()._sleep(seconds)
+            return
+        _local.deadline += seconds
+        remaining = _local.deadline - time.monotonic()
+        if remaining > 0:
+            self._stopping.wait(remaining)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The recording OpenAI fake for benchmarks.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token-delay", type=float, default=0.02)
+    parser.add_argument("--ready-file", help="write the base URL here once listening")
+    parser.add_argument("--max-seconds", type=float, default=3600, help="exit after this long")
+    args = parser.parse_args(argv)
+    server = BenchModelServer(args.host, args.port, token_delay=args.token_delay).start()
+    if args.ready_file:
+        with open(args.ready_file + ".tmp", "w") as out:
+            out.write(server.base_url)
+        import os
+
+        os.replace(args.ready_file + ".tmp", args.ready_file)
+    print(server.base_url, flush=True)
+    try:
+        time.sleep(args.max_seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    print(json.dumps({"stopped": True}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

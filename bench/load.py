@@ -1,0 +1,241 @@
+"""The load client: asyncio + websockets, speaking protocol v1 to one daphne process.
+
+Every stream authenticates with a bearer token, waits for ``session.ready``,
+sends ``message.send`` whose text asks the bench fake for an exact reply, and
+records the receive time (``time.time()``) of every frame. Text is reassembled
+by offset and compared with the expected reply character for character.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench.common import marker, percentile, reply_text, token_of_char
+
+_ids = itertools.count()
+
+
+@dataclass
+class TurnResult:
+    bench_id: str
+    tokens: int
+    delay: float
+    t_send: float = 0.0
+    t_accepted: float | None = None
+    t_end: float | None = None
+    # (receive time, offset, length) of every assistant.delta, in arrival order.
+    deltas: list[tuple[float, int, int]] = field(default_factory=list)
+    text: str = ""
+    status: str | None = None
+    text_length: int | None = None
+    anomalies: Counter[str] = field(default_factory=Counter)
+    error: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        return (
+            self.status == "complete"
+            and self.text == reply_text(self.tokens)
+            and self.text_length == len(self.text)
+            and not self.anomalies
+        )
+
+
+async def open_socket(url: str, token: str, timeout: float = 60.0) -> ClientConnection:
+    ws = await connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        compression=None,
+        proxy=None,
+        open_timeout=timeout,
+        ping_interval=None,
+        max_size=2**24,
+        max_queue=1024,
+        close_timeout=2,
+    )
+    async with asyncio.timeout(timeout):
+        ready = json.loads(await ws.recv())
+    if ready.get("type") != "session.ready":
+        await ws.close()
+        raise RuntimeError(f"expected session.ready, got {ready}")
+    return ws
+
+
+async def run_turn(
+    ws: ClientConnection, tokens: int, delay: float, timeout: float = 300.0
+) -> TurnResult:
+    bench_id = f"{uuid.uuid4().hex[:12]}-{next(_ids)}"
+    result = TurnResult(bench_id, tokens, delay)
+    pieces: list[str] = []
+    have = 0
+    frame = {
+        "type": "message.send",
+        "conversation_id": None,
+        "client_message_id": bench_id,
+        "text": marker(tokens, delay, bench_id),
+    }
+    try:
+        async with asyncio.timeout(timeout):
+            result.t_send = time.time()
+            await ws.send(json.dumps(frame))
+            while True:
+                raw = await ws.recv()
+                now = time.time()
+                event = json.loads(raw)
+                kind = event.get("type")
+                if kind == "assistant.delta":
+                    offset, text = event["offset"], event["text"]
+                    result.deltas.append((now, offset, len(text)))
+                    end = offset + len(text)
+                    if offset == have:
+                        pieces.append(text)
+                        have = end
+                    elif end <= have:
+                        result.anomalies["duplicate"] += 1
+                    elif offset > have:
+                        result.anomalies["gap"] += 1  # characters lost on the way
+                    else:
+                        result.anomalies["overlap"] += 1
+                        pieces.append(text[have - offset :])
+                        have = end
+                elif kind == "message.accepted":
+                    result.t_accepted = now
+                elif kind in ("assistant.completed", "assistant.failed"):
+                    result.t_end = now
+                    result.status = event.get("status") or event.get("code")
+                    result.text_length = event.get("text_length")
+                    break
+                elif kind == "error":
+                    result.error = f"{event.get('code')}: {event.get('message')}"
+                    break
+    except TimeoutError:
+        result.error = "timeout"
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.text = "".join(pieces)
+    return result
+
+
+class LoopLag:
+    """How late this client's own event loop wakes up (is the client the bottleneck?)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.interval)
+            self.lags.append(loop.time() - start - self.interval)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def p99_ms(self) -> float:
+        return 1000 * percentile(self.lags, 99)
+
+
+async def open_many(
+    url: str, tokens: list[str], count: int, parallel: int = 50
+) -> list[ClientConnection]:
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(i: int) -> ClientConnection:
+        async with gate:
+            return await open_socket(url, tokens[i % len(tokens)])
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def close_many(sockets: list[ClientConnection]) -> None:
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+# --- analysis -----------------------------------------------------------------------
+
+
+def analyse(results: list[TurnResult], stamps: dict[str, Any]) -> dict[str, Any]:
+    """Added latencies against the fake's own send times, and text integrity."""
+    ttft, latency, added_gap, start, lateness = [], [], [], [], []
+    anomalies: Counter[str] = Counter()
+    exact = failed = missing_stamps = 0
+    lost_chars = 0
+    frames = 0
+    for r in results:
+        anomalies.update(r.anomalies)
+        expected = reply_text(r.tokens)
+        if r.exact:
+            exact += 1
+        else:
+            failed += 1
+            lost_chars += max(0, len(expected) - len(r.text)) if r.text != expected else 0
+            if r.text != expected and len(r.text) == len(expected):
+                anomalies["wrong_text"] += 1
+        stamp = stamps.get(r.bench_id)
+        if stamp is None or not stamp["times"]:
+            missing_stamps += 1
+            continue
+        times = stamp["times"]
+        start.append(stamp["arrived"] - r.t_send)
+        if r.delay > 0:
+            t0 = times[0]
+            lateness.extend(t - (t0 + i * r.delay) for i, t in enumerate(times))
+        if not r.deltas:
+            continue
+        frames += len(r.deltas)
+        ttft.append(r.deltas[0][0] - times[0])
+        previous = None
+        for t_recv, offset, length in r.deltas:
+            if length == 0:
+                continue
+            last = token_of_char(r.tokens, offset + length - 1)
+            if last >= len(times):
+                continue
+            sent = times[last]
+            latency.append(t_recv - sent)
+            if previous is not None:
+                added_gap.append((t_recv - previous[0]) - (sent - previous[1]))
+            previous = (t_recv, sent)
+
+    def ms(values: list[float], q: float) -> float:
+        return round(1000 * percentile(values, q), 2)
+
+    return {
+        "turns": len(results),
+        "exact": exact,
+        "failed": failed,
+        "errors": Counter(r.error or r.status for r in results if not r.exact),
+        "anomalies": dict(anomalies),
+        "lost_chars": lost_chars,
+        "missing_stamps": missing_stamps,
+        "frames": frames,
+        "ttft_p50_ms": ms(ttft, 50),
+        "ttft_p99_ms": ms(ttft, 99),
+        "ttft_max_ms": ms(ttft, 100),
+        "delta_p50_ms": ms(latency, 50),
+        "delta_p99_ms": ms(latency, 99),
+        "delta_max_ms": ms(latency, 100),
+        "gap_p99_ms": ms(added_gap, 99),
+        "start_p50_ms": ms(start, 50),
+        "start_p99_ms": ms(start, 99),
+        "fake_late_p99_ms": ms(lateness, 99),
+        "samples_ttft": len(ttft),
+        "samples_delta": len(latency),
+    }

@@ -1,0 +1,144 @@
+"""Markdown tables from a bench.run JSON report.
+
+    .venv/bin/python -m bench.report /tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cpu(row: dict[str, Any]) -> str:
+    cpu = row.get("cpu") or {}
+    return " / ".join(f"{cpu.get(k, 0):.0f}" for k in ("daphne", "fake", "client"))
+
+
+def _integrity(row: dict[str, Any]) -> str:
+    bad = row["failed"]
+    anomalies = ", ".join(f"{k} {v}" for k, v in sorted(row["anomalies"].items()))
+    text = f"{row['exact']}/{row['turns']} exact"
+    if bad:
+        text += f", {bad} not ({dict(row['errors'])})"
+    if anomalies:
+        text += f"; {anomalies}"
+    return text
+
+
+def tables(report: dict[str, Any]) -> str:
+    out = []
+    for run in report["runs"]:
+        out.append(f"### {run['label']}\n")
+        if run.get("ttft"):
+            out.append(
+                _table(
+                    [
+                        "streams",
+                        "turns",
+                        "added TTFT p50 ms",
+                        "p99",
+                        "max",
+                        "send→upstream p50 ms",
+                        "p99",
+                        "delta p99 ms",
+                        "integrity",
+                        "CPU % daphne/fake/client",
+                        "client lag p99 ms",
+                    ],
+                    [
+                        [
+                            r["streams"],
+                            r["turns"],
+                            r["ttft_p50_ms"],
+                            r["ttft_p99_ms"],
+                            r["ttft_max_ms"],
+                            r["start_p50_ms"],
+                            r["start_p99_ms"],
+                            r["delta_p99_ms"],
+                            _integrity(r),
+                            _cpu(r),
+                            r["client_lag_p99_ms"],
+                        ]
+                        for r in run["ttft"]
+                    ],
+                )
+                + "\n"
+            )
+        if run.get("sweep"):
+            out.append(
+                _table(
+                    [
+                        "streams",
+                        "added TTFT p50/p99 ms",
+                        "added delay per delta p50 ms",
+                        "p99",
+                        "max",
+                        "added gap p99 ms",
+                        "integrity",
+                        "fake late p99 ms",
+                        "CPU % daphne/fake/client",
+                        "client lag p99 ms",
+                        "RSS peak MiB",
+                    ],
+                    [
+                        [
+                            r["streams"],
+                            f"{r['ttft_p50_ms']} / {r['ttft_p99_ms']}",
+                            r["delta_p50_ms"],
+                            r["delta_p99_ms"],
+                            r["delta_max_ms"],
+                            r["gap_p99_ms"],
+                            _integrity(r),
+                            r["fake_late_p99_ms"],
+                            _cpu(r),
+                            r["client_lag_p99_ms"],
+                            r["rss_peak_mib"],
+                        ]
+                        for r in run["sweep"]
+                    ],
+                )
+                + "\n"
+            )
+        if run.get("writes"):
+            out.append(
+                _table(
+                    ["tokens", "pace", "turn s", "exact", "writes", "by table", "pg_stat_database"],
+                    [
+                        [
+                            r["tokens"],
+                            "full speed" if r["delay"] == 0 else f"{1 / r['delay']:.0f} tok/s",
+                            r["seconds"],
+                            r["exact"],
+                            r["writes"],
+                            ", ".join(f"{k} ×{v}" for k, v in sorted(r["by_table"].items())),
+                            r["pg_stat_database"] or "",
+                        ]
+                        for r in run["writes"]
+                    ],
+                )
+                + "\n"
+            )
+        if run.get("memory"):
+            out.append(
+                _table(
+                    ["idle sockets", "RSS before MiB", "RSS after MiB", "KiB per socket"],
+                    [
+                        [r["sockets"], r["rss_base_mib"], r["rss_mib"], r["kib_per_socket"]]
+                        for r in run["memory"]
+                    ],
+                )
+                + "\n"
+            )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as handle:
+        print(tables(json.load(handle)))

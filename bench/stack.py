@@ -1,0 +1,229 @@
+"""The processes a benchmark measures: the recording fake and one daphne process.
+
+Each runs as a subprocess (never in the load client's process), on a free
+loopback port, with its own temporary database and media folder, and is stopped
+by pid when the benchmark ends (also on error or Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import free_port, wait_port
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_DB = "chatimg_bench"
+REDIS_URL = "redis://127.0.0.1:6379/7"  # a database of its own, away from the tests' 0
+
+_SCRUB_PREFIXES = ("OPENAI_", "CHATIMG_", "S3_", "DJANGO_")
+_SCRUB = {"DATABASE_URL", "REDIS_URL", "SQLITE_PATH", "MEDIA_ROOT", "LOG_LEVEL"}
+
+
+def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+@dataclass
+class Stack:
+    db: str = "sqlite"  # or "postgres"
+    layer: str = "memory"  # or "redis"
+    pin: bool = False  # daphne on CPU 0, fake and client on CPU 1
+    extra_env: dict[str, str] = field(default_factory=dict)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="chatimg-bench-")))
+    fake: subprocess.Popen[bytes] | None = None
+    app: subprocess.Popen[bytes] | None = None
+    fake_url: str = ""
+    app_port: int = 0
+    tokens: list[str] = field(default_factory=list)
+    _app_runs: int = 0
+
+    # --- environment ---------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in _SCRUB and not k.startswith(_SCRUB_PREFIXES)
+        }
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "chatimg.settings",
+                "DJANGO_DEBUG": "0",
+                "DJANGO_SECRET_KEY": "bench-" + "x" * 50,
+                "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "MEDIA_ROOT": str(self.workdir / "media"),
+                "OPENAI_API_KEY": "sk-bench",
+                "OPENAI_BASE_URL": self.fake_url,
+                "CHATIMG_MESSAGES_PER_MINUTE": "1000000",
+                "CHATIMG_FRAMES_PER_10S": "1000000",
+                "LOG_LEVEL": "WARNING",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if self.db == "postgres":
+            env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{PG_DB}"
+        else:
+            env["SQLITE_PATH"] = str(self.workdir / "db.sqlite3")
+        if self.layer == "redis":
+            env["REDIS_URL"] = REDIS_URL
+            env["CHATIMG_CHANNEL_PREFIX"] = f"bench{uuid.uuid4().hex[:8]}"
+        env.update(self.extra_env)
+        return env
+
+    def label(self) -> str:
+        db = "PostgreSQL" if self.db == "postgres" else "SQLite"
+        layer = "Redis layer" if self.layer == "redis" else "in-memory layer"
+        return f"{db} + {layer}"
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start_fake(self, token_delay: float = 0.02) -> None:
+        ready = self.workdir / "fake.url"
+        cmd = [PYTHON, "-m", "bench.fake", "--port", "0", "--token-delay", str(token_delay)]
+        cmd += ["--ready-file", str(ready), "--max-seconds", "7200"]
+        if self.pin:
+            cmd = ["taskset", "-c", "1", *cmd]
+        log = open(self.workdir / "fake.log", "wb")  # noqa: SIM115
+        self.fake = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if self.fake.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the fake did not start; see {self.workdir / 'fake.log'}")
+            time.sleep(0.05)
+        self.fake_url = ready.read_text().strip()
+
+    def prepare_db(self, users: int) -> None:
+        if self.db == "postgres":
+            import psycopg
+
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+                conn.execute(f"CREATE DATABASE {PG_DB}")
+        out = self.workdir / "tokens.json"
+        subprocess.run(
+            [PYTHON, "-m", "bench.setup_db", "--users", str(users), "--out", str(out)],
+            cwd=REPO,
+            env=self.env(),
+            check=True,
+            timeout=300,
+        )
+        self.tokens = json.loads(out.read_text())
+
+    def start_app(self) -> None:
+        """A fresh daphne process (the database is kept)."""
+        self.stop_app()
+        self._app_runs += 1
+        self.app_port = free_port()
+        cmd = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.app_port), "-v", "0"]
+        cmd.append("bench.asgi:application")
+        if self.pin:
+            cmd = ["taskset", "-c", "0", *cmd]
+        log = open(self.workdir / f"daphne-{self._app_runs}.log", "wb")  # noqa: SIM115
+        self.app = subprocess.Popen(cmd, cwd=REPO, env=self.env(), stdout=log, stderr=log)
+        try:
+            wait_port(self.app_port, 60)
+        except TimeoutError:
+            _stop(self.app)
+            raise
+        # One cheap request so that Django's URLconf and the like are loaded.
+        self.sql(reset=True)
+
+    def stop_app(self) -> None:
+        _stop(self.app)
+        self.app = None
+
+    def stop(self) -> None:
+        self.stop_app()
+        _stop(self.fake)
+        self.fake = None
+        if self.db == "postgres":
+            try:
+                import psycopg
+
+                with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                    conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+            except Exception as exc:
+                print(f"could not drop {PG_DB}: {exc}", file=sys.stderr)
+        if self.layer == "redis":
+            self._flush_redis_prefix()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _flush_redis_prefix(self) -> None:
+        try:
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            prefix = self.env().get("CHATIMG_CHANNEL_PREFIX", "bench")
+            for key in client.scan_iter(f"{prefix}*", count=1000):
+                client.delete(key)
+            client.close()
+        except Exception as exc:
+            print(f"could not clean redis: {exc}", file=sys.stderr)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # --- probes --------------------------------------------------------------
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.app_port}/ws/chat/"
+
+    @property
+    def fake_root(self) -> str:
+        return self.fake_url.removesuffix("/v1")
+
+    def sql(self, reset: bool = False) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.app_port}/__bench/sql",
+            method="POST" if reset else "GET",
+            data=b"" if reset else None,
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def stamps(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.fake_root}/bench/stamps", timeout=60) as response:
+            return json.load(response)
+
+    def reset_stamps(self) -> None:
+        request = urllib.request.Request(f"{self.fake_root}/bench/reset", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+
+    def pg_stats(self) -> dict[str, int] | None:
+        if self.db != "postgres":
+            return None
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted "
+                "FROM pg_stat_database WHERE datname = %s",
+                (PG_DB,),
+            ).fetchone()
+        return dict(zip(("xact_commit", "tup_inserted", "tup_updated", "tup_deleted"), row))

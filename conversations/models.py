@@ -87,15 +87,7 @@ class Conversation(models.Model):
                     text=text,
                     client_message_id=client_message_id,
                 )
-                # The partial unique index on (conversation, streaming) is what
-                # makes "one turn at a time" hold across processes.
-                assistant = self.messages.create(
-                    role=Message.Role.ASSISTANT,
-                    status=Message.Status.STREAMING,
-                    reply_to=user_message,
-                    model=settings.CHAT_MODEL,
-                    heartbeat_at=timezone.now(),
-                )
+                assistant = self._open_answer(user_message)
                 fields = {"updated_at": timezone.now()}
                 if not self.title:
                     fields["title"] = Conversation.title_from(text)
@@ -123,17 +115,23 @@ class Conversation(models.Model):
             last.delete()
             try:
                 with transaction.atomic():
-                    answer = self.messages.create(
-                        role=Message.Role.ASSISTANT,
-                        status=Message.Status.STREAMING,
-                        reply_to=question,
-                        model=settings.CHAT_MODEL,
-                        heartbeat_at=timezone.now(),
-                    )
+                    answer = self._open_answer(question)
             except IntegrityError:
                 raise TurnInProgress from None
             Conversation.objects.filter(pk=self.pk).update(updated_at=timezone.now())
         return replaced, answer
+
+    def _open_answer(self, question: Message) -> Message:
+        # The partial unique index on (conversation, streaming) is what makes
+        # "one answer at a time" hold across processes: a second one raises
+        # IntegrityError.
+        return self.messages.create(
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            reply_to=question,
+            model=settings.CHAT_MODEL,
+            heartbeat_at=timezone.now(),
+        )
 
     def _accepted(self, client_message_id: str) -> tuple[Message, Message] | None:
         user_message = self.messages.filter(client_message_id=client_message_id).first()

@@ -231,7 +231,13 @@ class Message(models.Model):
                 fields=["heartbeat_at"],
                 condition=Q(status="streaming"),
                 name="message_streaming_heartbeat",
-            )
+            ),
+            # A resend of a conversation's first message has no conversation id yet.
+            models.Index(
+                fields=["client_message_id"],
+                condition=~Q(client_message_id=""),
+                name="message_client_key",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.security.websocket import AllowedHostsOriginValidator
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AnonymousUser
+from django.http import HttpRequest, HttpResponse
 
 from conversations.models import ApiToken
 
@@ -55,3 +59,28 @@ class BrowserOriginValidator:
         if bearer_token(scope) is not None:
             return await self.app(scope, receive, send)
         return await self.validated(scope, receive, send)
+
+
+def session_or_token_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Like login_required, but a program may send its API token instead.
+
+    Used for the image URL, so that the CLI can download what it was shown.
+    A bearer header that does not authenticate is a 401, not a login redirect.
+    """
+    session_view = login_required(view)
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            return session_view(request, *args, **kwargs)
+        user = ApiToken.objects.authenticate(raw.strip())
+        if user is None:
+            response = HttpResponse("Invalid or revoked API token.", status=401)
+            response["WWW-Authenticate"] = "Bearer"
+            return response
+        request.user = user
+        return view(request, *args, **kwargs)
+
+    return wrapper

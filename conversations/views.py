@@ -13,6 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_POST
 
+from conversations.auth import session_or_token_required
 from conversations.models import ApiToken, Conversation, GeneratedImage, Message
 
 
@@ -48,7 +49,7 @@ def delete_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     return redirect("chat")
 
 
-@login_required
+@session_or_token_required
 def image(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
     """The stable app URL of an image: authorise, then hand over the bytes.
 

@@ -179,3 +179,27 @@ async def test_with_the_s3_server_down_the_tool_fails_and_nothing_is_left_behind
     assert invocation.status == "failed" and "could not be saved" in invocation.error
     # moto keeps its state in this process: the bucket behind both servers is empty.
     assert bucket_keys(s3_bucket) == []
+
+
+async def test_a_program_can_fetch_its_images_with_its_api_token(
+    make_user: Any, connect: Any, fake_openai: Any, local_storage: Any
+) -> None:
+    from conversations.models import ApiToken
+
+    alice = await database_sync_to_async(make_user)("alice")
+    mallory = await database_sync_to_async(make_user)("mallory")
+    await draw(connect, alice)
+    image = await GeneratedImage.objects.aget()
+    token, raw = await database_sync_to_async(ApiToken.issue)(alice, "cli")
+    _, other = await database_sync_to_async(ApiToken.issue)(mallory, "cli")
+
+    def get(bearer: str) -> Any:
+        return Client().get(image.get_absolute_url(), HTTP_AUTHORIZATION=f"Bearer {bearer}")
+
+    mine = await database_sync_to_async(get)(raw)
+    assert mine.status_code == 200
+    assert hashlib.sha256(b"".join(mine.streaming_content)).hexdigest() == image.sha256
+    assert (await database_sync_to_async(get)(other)).status_code == 404
+    await database_sync_to_async(token.revoke)()
+    refused = await database_sync_to_async(get)(raw)
+    assert refused.status_code == 401 and refused["WWW-Authenticate"] == "Bearer"

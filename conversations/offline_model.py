@@ -166,7 +166,7 @@ class RecordedRequest:
 # --------------------------------------------------------------------------------------
 
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
-_VERBS = r"draw|paint|sketch|illustrate|render"
+_VERBS = r"draw|paint|sketch|illustrate"  # not "render": "how does Django render…"
 _NOUNS = r"picture|image|illustration|photo|photograph|drawing|painting|sketch|portrait|artwork"
 # Deliberately loose: this is a demo model, and a false positive just draws a picture.
 _PICTURE_REQUEST_RE = re.compile(

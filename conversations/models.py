@@ -28,6 +28,9 @@ from django.utils import timezone
 log = logging.getLogger(__name__)
 
 
+INTERRUPTED_MESSAGE = "The server stopped while this answer was being written."
+
+
 class TurnInProgress(Exception):
     """The conversation already has an answer streaming."""
 
@@ -162,7 +165,7 @@ class MessageQuerySet(models.QuerySet):
                 won = Message.objects.filter(stale, pk=message.pk).update(
                     status=Message.Status.INTERRUPTED,
                     error_code="interrupted",
-                    error_message="The server stopped while this answer was being written.",
+                    error_message=INTERRUPTED_MESSAGE,
                     heartbeat_at=None,
                     updated_at=now,
                 )

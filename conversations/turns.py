@@ -25,9 +25,11 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from conversations import images, llm
-from conversations.models import Conversation, Message, ToolInvocation
+from conversations.models import INTERRUPTED_MESSAGE, Conversation, Message, ToolInvocation
 
 log = logging.getLogger(__name__)
+
+INTERRUPTED = llm.LLMError("interrupted", INTERRUPTED_MESSAGE, retryable=True)
 
 # Turns running in this process, by conversation id. Holding the task here is
 # also what keeps it alive after the socket that started it has gone.
@@ -144,10 +146,10 @@ class Turn:
             async with asyncio.timeout(settings.TURN_TIMEOUT_SECONDS):
                 await self._converse()
         except asyncio.CancelledError:
-            status = (
-                Message.Status.CANCELLED if self.cancel_requested else Message.Status.INTERRUPTED
-            )
-            await self._finish(status)
+            if self.cancel_requested:
+                await self._finish(Message.Status.CANCELLED)
+            else:  # the process is shutting down under us
+                await self._fail(INTERRUPTED, status=Message.Status.INTERRUPTED)
         except TimeoutError:
             await self._fail(
                 llm.LLMError("turn_timeout", "The answer took too long.", retryable=True)
@@ -201,6 +203,10 @@ class Turn:
             tools = [images.tool_schema()] if calls_left > 0 else None
             async for event in llm.stream_chat(messages, tools):
                 if isinstance(event, llm.TextDelta):
+                    if len(self.text) == segment_start and self.text[-1:] not in ("", "\n"):
+                        # Text after an image starts a new paragraph, not mid-line
+                        # ("…at dusk.Here is…" for clients that print plain text).
+                        self._add_text("\n\n")
                     self._add_text(event.text)
                 elif isinstance(event, llm.ToolCallRequest):
                     calls.append(event)
@@ -374,11 +380,9 @@ class Turn:
             ),
         )
 
-    async def _fail(self, error: llm.LLMError) -> None:
+    async def _fail(self, error: llm.LLMError, status: str = Message.Status.FAILED) -> None:
         await self._settle_pending_writes()
-        message = await database_sync_to_async(self._save_final)(
-            Message.Status.FAILED, error.code, error.message
-        )
+        message = await database_sync_to_async(self._save_final)(status, error.code, error.message)
         await self._publish_end(
             message,
             frame(
@@ -471,9 +475,9 @@ async def sweep_stale_turns() -> int:
             "assistant.failed",
             conversation_id=str(message.conversation_id),
             message_id=message.pk,
-            code="interrupted",
-            message="The server stopped while this answer was being written.",
-            retryable=True,
+            code=INTERRUPTED.code,
+            message=INTERRUPTED.message,
+            retryable=INTERRUPTED.retryable,
             text_length=len(message.text),
             html=html,
         )

@@ -203,3 +203,31 @@ async def test_a_program_can_fetch_its_images_with_its_api_token(
     await database_sync_to_async(token.revoke)()
     refused = await database_sync_to_async(get)(raw)
     assert refused.status_code == 401 and refused["WWW-Authenticate"] == "Bearer"
+
+
+async def test_a_provider_url_is_fetched_and_stored_like_base64(
+    make_user: Any, connect: Any, fake_openai: Any, local_storage: Any, settings: Any
+) -> None:
+    settings.IMAGE_RESPONSE_FORMAT = "url"
+    user = await database_sync_to_async(make_user)()
+    frames = await draw(connect, user)
+    assert any(f["type"] == "tool.completed" for f in frames)
+    assert fake_openai.image_requests()[-1].body["response_format"] == "url"
+    # The bytes were downloaded from the provider's URL (a GET the fake served).
+    assert any(r.method == "GET" and r.path.startswith("/files/") for r in fake_openai.requests)
+    image = await GeneratedImage.objects.aget()
+    assert (local_storage / image.file.name).read_bytes()[:4] == b"\x89PNG"
+    assert "http" not in image.file.name
+
+
+async def test_an_oversized_image_from_a_provider_url_is_refused(
+    make_user: Any, connect: Any, fake_openai: Any, local_storage: Any, settings: Any
+) -> None:
+    settings.IMAGE_RESPONSE_FORMAT = "url"
+    settings.IMAGE_MAX_BYTES = 2048  # a 256x256 PNG of the fake is larger
+    user = await database_sync_to_async(make_user)()
+    frames = await draw(connect, user)
+    failed = next(f for f in frames if f["type"] == "tool.failed")
+    assert failed["error"]["code"] == "image_too_large"
+    assert await GeneratedImage.objects.acount() == 0
+    assert not local_storage.exists() or not any(local_storage.rglob("*.png"))

@@ -1,0 +1,75 @@
+"""Settings come from the environment and a malformed value stops the process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.servers import REPO
+
+CHECK = "import django; django.setup(); from django.conf import settings; print(settings.{})"
+
+
+def load(setting: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CHECK.format(setting)],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "chatimg.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DATABASE_URL": "mysqlx://nope"}, "DATABASE_URL"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"CHATIMG_STREAM_COALESCE_MS": "fast"}, "CHATIMG_STREAM_COALESCE_MS"),
+        ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG"),
+        ({"S3_BUCKET": "b", "S3_ADDRESSING_STYLE": "sideways"}, "S3_ADDRESSING_STYLE"),
+        ({"CHATIMG_IMAGE_PRICES": "hd=cheap"}, "CHATIMG_IMAGE_PRICES"),
+        ({"CHATIMG_CHECKPOINT_SECONDS": "40"}, "CHATIMG_STALE_TURN_SECONDS"),
+        ({"DJANGO_DEBUG": "0"}, "DJANGO_SECRET_KEY"),
+    ],
+)
+def test_a_malformed_setting_stops_start_up_naming_the_variable(
+    env: dict[str, str], named: str
+) -> None:
+    result = load("DEBUG", **env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and named in result.stderr
+
+
+def test_the_laptop_defaults_need_no_services() -> None:
+    result = load(
+        "DATABASES['default']['ENGINE'], settings.CHANNEL_LAYERS['default']['BACKEND']"
+        ", settings.STORAGES['default']['BACKEND'], settings.OFFLINE_MODEL"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "django.db.backends.sqlite3",
+        "channels.layers.InMemoryChannelLayer",
+        "django.core.files.storage.FileSystemStorage",
+        "True",
+    ]
+
+
+def test_production_services_are_switched_on_by_their_variables() -> None:
+    result = load(
+        "DATABASES['default']['ENGINE'], settings.CHANNEL_LAYERS['default']['BACKEND'], "
+        "settings.STORAGES['default']['BACKEND'], settings.OFFLINE_MODEL",
+        DATABASE_URL="postgres://u:p@db:5432/chatimg",
+        REDIS_URL="redis://cache:6379/0",
+        S3_BUCKET="images",
+        OPENAI_API_KEY="sk-x",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "django.db.backends.postgresql" in result.stdout
+    assert "channels_redis.core.RedisChannelLayer" in result.stdout
+    assert "storages.backends.s3.S3Storage" in result.stdout
+    assert result.stdout.strip().endswith("False")

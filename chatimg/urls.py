@@ -1,12 +1,14 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, reverse_lazy
 
 from conversations import views
 
 urlpatterns = [
     path("", views.chat, name="chat"),
+    path("c/", views.conversation_list, name="conversation_list"),
     path("c/<uuid:conversation_id>/", views.chat, name="conversation"),
+    path("c/<uuid:conversation_id>/rename/", views.rename_conversation, name="rename_conversation"),
     path("c/<uuid:conversation_id>/delete/", views.delete_conversation, name="delete_conversation"),
     path("images/<uuid:image_id>/", views.image, name="image"),
     path("tokens/", views.tokens, name="tokens"),
@@ -14,5 +16,21 @@ urlpatterns = [
     path("signup/", views.signup, name="signup"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Own template names: the admin's password pages keep their own look.
+    path(
+        "account/password/",
+        auth_views.PasswordChangeView.as_view(
+            template_name="account/password_change.html",
+            success_url=reverse_lazy("password_change_done"),
+        ),
+        name="password_change",
+    ),
+    path(
+        "account/password/done/",
+        auth_views.PasswordChangeDoneView.as_view(
+            template_name="account/password_change_done.html"
+        ),
+        name="password_change_done",
+    ),
     path("admin/", admin.site.urls),
 ]

@@ -1,25 +1,101 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.core.files.storage import default_storage
-from django.db.models import Prefetch
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.db.models import Prefetch, Q
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils.cache import patch_cache_control
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
+from conversations import turns
 from conversations.auth import session_or_token_required
-from conversations.models import ApiToken, Conversation, GeneratedImage, Message
+from conversations.models import (
+    ApiToken,
+    Conversation,
+    GeneratedImage,
+    ImageQuota,
+    Message,
+)
+
+#: Sidebar entries per page (the first page is in the chat page, the rest load on demand).
+CONVERSATIONS_PER_PAGE = 30
+
+#: Plain sentences for the error codes of protocol v1. The page shows these, with the
+#: server's own message as detail; chat.js reads the same table (json_script).
+ERROR_TEXTS = {
+    "upstream_rate_limited": "The model is getting too many requests right now.",
+    "upstream_timeout": "The model took too long to answer.",
+    "upstream_unavailable": "The model could not be reached.",
+    "upstream_auth": "The model refused the server's credentials; tell the site's operator.",
+    "upstream_error": "The model answered with an error.",
+    "upstream_stream_cut": "The model's answer broke off; the text so far is kept.",
+    "turn_timeout": "The answer took too long and was stopped.",
+    "internal_error": "Something went wrong on our side.",
+    "interrupted": "The server restarted while writing this answer; the text so far is kept.",
+    "rate_limited": "You are sending messages too quickly.",
+    "message_too_long": "That message is too long.",
+    "turn_in_progress": "An answer is still being written: wait for it, or stop it.",
+    "nothing_to_regenerate": "There is no answer to redo.",
+    "not_found": "This conversation no longer exists.",
+    "frame_too_large": "That message is too large to send.",
+    "unauthenticated": "You have been logged out.",
+    "": "Something went wrong.",
+}
+
+
+def conversation_page(
+    user: Any, cursor: tuple[datetime, uuid.UUID] | None = None
+) -> tuple[list[Conversation], str | None]:
+    """One page of the sidebar, newest first, and the URL of the next page (or None).
+
+    Keyset pagination on (updated_at, id): a conversation that moves to the top
+    while someone scrolls is neither repeated nor skipped on the next page.
+    """
+    rows = (
+        Conversation.objects.filter(user=user)
+        .only("id", "title", "updated_at")
+        .order_by("-updated_at", "-id")
+    )
+    if cursor is not None:
+        at, pk = cursor
+        rows = rows.filter(Q(updated_at__lt=at) | Q(updated_at=at, id__lt=pk))
+    page = list(rows[: CONVERSATIONS_PER_PAGE + 1])
+    if len(page) <= CONVERSATIONS_PER_PAGE:
+        return page, None
+    page = page[:CONVERSATIONS_PER_PAGE]
+    last = page[-1]
+    query = urlencode({"before": last.updated_at.isoformat(), "id": str(last.id)})
+    return page, f"{reverse('conversation_list')}?{query}"
+
+
+def wants_json(request: HttpRequest) -> bool:
+    """The page's fetch() asks for JSON; a plain form post gets a redirect."""
+    return request.get_preferred_type(["text/html", "application/json"]) == "application/json"
 
 
 @login_required
 def chat(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> HttpResponse:
-    conversations = Conversation.objects.filter(user=request.user).only("id", "title", "updated_at")
+    conversations, next_page = conversation_page(request.user)
     conversation = None
     messages: list[Message] = []
     if conversation_id is not None:
@@ -29,16 +105,64 @@ def chat(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> Http
                 Prefetch("tool_invocations__image", queryset=GeneratedImage.objects.all())
             )
         )
+        for message in messages:
+            message.error_text = ERROR_TEXTS.get(message.error_code, ERROR_TEXTS[""])
     return render(
         request,
         "conversations/chat.html",
         {
-            "conversations": conversations[:100],
+            "conversations": conversations,
+            "next_page": next_page,
             "conversation": conversation,
             "chat_messages": messages,
             "max_message_chars": settings.MAX_MESSAGE_CHARS,
+            "images_left": ImageQuota.objects.remaining(request.user),
+            "error_texts": ERROR_TEXTS,
         },
     )
+
+
+@login_required
+@require_GET
+def conversation_list(request: HttpRequest) -> HttpResponse:
+    """The sidebar's next page: {"html": "<li>…", "next": url or null}."""
+    try:
+        cursor = (
+            datetime.fromisoformat(request.GET["before"]),
+            uuid.UUID(request.GET["id"]),
+        )
+    except (KeyError, ValueError):
+        return JsonResponse({"error": "before and id are required"}, status=400)
+    conversations, next_page = conversation_page(request.user, cursor)
+    html = render_to_string(
+        "conversations/_conversation_items.html", {"conversations": conversations}, request
+    )
+    return JsonResponse({"html": html, "next": next_page})
+
+
+@login_required
+@require_POST
+def rename_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
+    title = " ".join(request.POST.get("title", "").split())
+    max_length = Conversation._meta.get_field("title").max_length
+    if not title or len(title) > max_length:
+        return JsonResponse({"error": f"A title is 1 to {max_length} characters."}, status=400)
+    # Not save(): renaming must not move the conversation to the top of the list.
+    Conversation.objects.filter(pk=conversation.pk).update(title=title)
+    # Other tabs and devices on this conversation update their title too.
+    async_to_sync(get_channel_layer().group_send)(
+        turns.group_name(conversation.pk),
+        {
+            "type": "chat.event",
+            "frame": turns.frame(
+                "conversation.updated", conversation_id=str(conversation.pk), title=title
+            ),
+        },
+    )
+    if wants_json(request):
+        return JsonResponse({"id": str(conversation.pk), "title": title})
+    return redirect(conversation)
 
 
 @login_required
@@ -46,6 +170,8 @@ def chat(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> Http
 def delete_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
     conversation.delete()
+    if wants_json(request):
+        return JsonResponse({"deleted": str(conversation_id)})
     return redirect("chat")
 
 

@@ -9,6 +9,9 @@ the websocket, the turn engine, the fake's SSE stream and local image storage.
 Playwright's sync API runs an event loop in this thread, so these tests run in their
 own pytest invocation: ``pytest tests/browser`` (and the main run uses
 ``-m "not browser"``).
+
+Screenshots of the main states go to the output folder; with
+CHATIMG_UPDATE_SCREENSHOTS=1 they also replace the README's in docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -24,12 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 
 from conversations.offline_model import OfflineModelServer
 from tests.servers import PASSWORD, AppServer, http_status, launch, server_env, stop
 
 REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -90,15 +101,14 @@ def model(model_server: OfflineModelServer) -> OfflineModelServer:
     return model_server
 
 
-@pytest.fixture(scope="session")
-def app_server(model_server: OfflineModelServer, output_dir: Path) -> Iterator[AppServer]:
-    """The app in its own process, on a fresh migrated SQLite file, using the fake model."""
+def _serve(model_server: OfflineModelServer, log_path: Path, **env: str) -> Iterator[AppServer]:
     tmp = Path(tempfile.mkdtemp(prefix="chatimg-browser-"))
-    log_path = output_dir / "browser-server.log"
     log_path.write_bytes(b"")
     server = None
     try:
-        server = launch(server_env(tmp, model_server.base_url), log_path)
+        # 512 px pictures: big enough to look like pictures in the screenshots.
+        env = {"CHATIMG_IMAGE_SIZE": "512x512", **env}
+        server = launch(server_env(tmp, model_server.base_url, **env), log_path)
         static = http_status(f"{server.url}/static/conversations/chat.js")
         assert static == 200, f"/static/conversations/chat.js answered {static}"
         yield server
@@ -106,6 +116,24 @@ def app_server(model_server: OfflineModelServer, output_dir: Path) -> Iterator[A
         if server is not None and server.process is not None:
             stop(server.process)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def app_server(model_server: OfflineModelServer, output_dir: Path) -> Iterator[AppServer]:
+    """The app in its own process, on a fresh migrated SQLite file, using the fake model.
+
+    Model-written titles are off here: the title request would take the next scripted
+    reply of whichever test runs. ``titled_app_server`` has them on.
+    """
+    yield from _serve(model_server, output_dir / "browser-server.log", CHATIMG_LLM_TITLES="0")
+
+
+@pytest.fixture(scope="session")
+def titled_app_server(model_server: OfflineModelServer, output_dir: Path) -> Iterator[AppServer]:
+    """A second app process that asks the model for a title after a first exchange."""
+    yield from _serve(
+        model_server, output_dir / "browser-server-titles.log", CHATIMG_LLM_TITLES="1"
+    )
 
 
 # --- the browser ----------------------------------------------------------------------
@@ -140,50 +168,92 @@ def page_errors() -> PageErrors:
 
 
 @pytest.fixture
-def page(
+def open_page(
     browser: Browser,
     app_server: AppServer,
     page_errors: PageErrors,
     output_dir: Path,
     request: pytest.FixtureRequest,
-) -> Iterator[Page]:
-    """A fresh browser context (no cookies) per test, 1280x800, on the app's base URL."""
+) -> Iterator[Callable[..., Page]]:
+    """Open a page in a fresh browser context (no cookies): 1280x800 on the app unless told.
+
+    Takes Playwright's new_context options (viewport, color_scheme, base_url…). Every page
+    a failed test opened is screenshotted to the output folder.
+    """
     name = re.sub(r"[^\w.-]+", "_", request.node.name)
-    failure_shot = output_dir / f"failed-{name}.png"
-    failure_shot.unlink(missing_ok=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=app_server.url)
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.on("pageerror", lambda error: page_errors.errors.append(str(error)))
-    yield page
+    for old in output_dir.glob(f"failed-{name}*.png"):
+        old.unlink()
+    contexts: list[BrowserContext] = []
+
+    def _open(**options: Any) -> Page:
+        context = browser.new_context(
+            **{"viewport": {"width": 1280, "height": 800}, "base_url": app_server.url, **options}
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: page_errors.errors.append(str(error)))
+        return page
+
+    yield _open
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
-        try:
-            page.screenshot(path=failure_shot)
-        except Exception as exc:
-            print(f"could not screenshot the failed page: {exc}")
+        pages = [page for context in contexts for page in context.pages]
+        for number, page in enumerate(pages):
+            try:
+                page.screenshot(path=output_dir / f"failed-{name}-{number}.png")
+            except Exception as exc:
+                print(f"could not screenshot the failed page: {exc}")
         print(f"app server log (tail):\n{app_server.log_tail()}")
-    context.close()
+    for context in contexts:
+        context.close()
+    assert page_errors.errors == [], f"uncaught errors in the page: {page_errors.errors}"
+
+
+@pytest.fixture
+def page(open_page: Callable[..., Page]) -> Page:
+    return open_page()
 
 
 @pytest.fixture
 def user(app_server: AppServer) -> str:
     """A brand-new user (its own empty conversation list); returns the username."""
-    username = f"user-{uuid.uuid4().hex[:8]}"
+    username = f"ada-{uuid.uuid4().hex[:6]}"
     app_server.create_user(username)
     return username
 
 
+def log_in_as(page: Page, username: str, password: str = PASSWORD) -> None:
+    """Log in through the login form, as a person would, and land on the chat page."""
+    page.goto("/login/")
+    page.locator("#id_username").fill(username)
+    page.locator("#id_password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(re.compile(r"/$"))
+    wait_until_ready(page)
+
+
+def wait_until_ready(page: Page) -> None:
+    """The chat page's script has run (typing before it does is not what we test)."""
+    expect(page.locator("#main[data-ready]")).to_have_count(1)
+
+
 @pytest.fixture
 def log_in(page: Page) -> Callable[[str], None]:
-    """Log in through the login form, as a person would, and land on the chat page."""
+    """log_in(username): log the default page in."""
+    return lambda username: log_in_as(page, username)
 
-    def _log_in(username: str, password: str = PASSWORD) -> None:
-        page.goto("/login/")
-        page.locator("#id_username").fill(username)
-        page.locator("#id_password").fill(password)
-        page.get_by_role("button", name="Log in").click()
-        expect(page).to_have_url(re.compile(r"/$"))
-        expect(page.locator("textarea#prompt")).to_be_visible()
 
-    return _log_in
+@pytest.fixture
+def shoot(output_dir: Path) -> Callable[..., None]:
+    """shoot(page, name): a screenshot in the output folder, and in docs/screenshots/
+    too when CHATIMG_UPDATE_SCREENSHOTS=1 (how the README's pictures are made) unless
+    docs=False."""
+
+    def _shoot(page: Page, name: str, *, docs: bool = True) -> None:
+        page.screenshot(path=output_dir / f"{name}.png")
+        if docs and os.environ.get("CHATIMG_UPDATE_SCREENSHOTS") == "1":
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=SCREENSHOTS / f"{name}.png")
+
+    return _shoot

@@ -1,292 +1,315 @@
-// The chat page's side of websocket protocol v1 (docs/protocol.md).
-// Model text goes into the DOM as text; only the server's sanitised HTML
-// (assistant.completed / assistant.failed `html`) is inserted as HTML.
+// The chat page's side of websocket protocol v1 (docs/protocol.md). This module
+// wires the socket to the thread (thread.js), the composer (composer.js) and the
+// conversation list (sidebar.js); each of those owns its part of the page.
 
-const chat = document.getElementById("chat");
-const messagesEl = document.getElementById("messages");
-const form = document.getElementById("composer");
-const input = document.getElementById("prompt");
-const sendButton = document.getElementById("send");
-const stopButton = document.getElementById("stop");
-const errorEl = document.getElementById("composer-error");
+import * as composer from "./composer.js";
+import { confirmCopied, copyText, newId } from "./dom.js";
+import { openLightbox } from "./lightbox.js";
+import * as sidebar from "./sidebar.js";
+import { Connection } from "./socket.js";
+import * as thread from "./thread.js";
+
+const main = document.getElementById("main");
+const threadEl = document.getElementById("thread");
 const connEl = document.getElementById("conn-status");
+const errorBox = document.getElementById("composer-error");
+const imagesLeft = document.getElementById("images-left");
+const announcer = document.getElementById("announcer");
+// The same plain sentences the server uses for answers rendered at page load.
+const ERROR_TEXTS = JSON.parse(document.getElementById("error-texts").textContent);
+const ANNOUNCE_CHARS = 1000;
 
-let conversationId = chat.dataset.conversationId || null;
-let socket = null;
-let retryDelay = 500;
-let activeMessageId = null;
-const unacked = new Map(); // client_message_id -> frame, resent after a reconnect
-const draftKey = () => `chatimg:draft:${conversationId || "new"}`;
+let conversationId = main.dataset.conversationId || null;
+const unacked = new Map(); // client_message_id -> message.send frame, resent after a reconnect
+const resyncing = new Set(); // answers we asked the server to resend (after a gap)
+let regenerating = false; // a turn.regenerate is on its way
 
-// --- rendering ---------------------------------------------------------------
+const explain = (code) => ERROR_TEXTS[code] || ERROR_TEXTS[""];
 
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
+// --- what the page shows -------------------------------------------------------------
+
+function lastAnswer() {
+  const answers = threadEl.querySelectorAll("article.msg-assistant");
+  return answers[answers.length - 1] || null;
 }
 
-function articleFor(messageId) {
-  let article = messagesEl.querySelector(`article[data-message-id="${messageId}"]`);
-  if (!article) {
-    article = el("article", "msg msg-assistant");
-    article.dataset.messageId = String(messageId);
-    article.dataset.textLength = "0";
-    article.append(el("div", "body"));
-    messagesEl.append(article);
+/** Send/Stop, and Regenerate/Retry on the last answer only, and only when nothing runs. */
+function refreshControls() {
+  const streaming = threadEl.querySelector('article.msg-assistant[data-status="streaming"]');
+  const busy = Boolean(streaming) || unacked.size > 0 || regenerating;
+  composer.setBusy(busy);
+  const last = thread.lastArticle();
+  for (const button of threadEl.querySelectorAll('[data-action="regenerate"], [data-action="retry"]')) {
+    const article = button.closest("article");
+    const finished = ["complete", "cancelled"].includes(article.dataset.status);
+    const canRedo = button.dataset.action === "retry" || finished;
+    button.hidden = busy || article !== last || !canRedo;
   }
-  return article;
 }
 
-function streamSegment(article) {
-  const body = article.querySelector(".body");
-  let last = body.lastElementChild;
-  if (!last || !last.classList.contains("stream")) {
-    last = el("div", "md stream");
-    body.append(last);
-  }
-  return last;
+function showError(code, detail = "") {
+  const title = explain(code);
+  errorBox.querySelector(".composer-error-title").textContent = title;
+  errorBox.querySelector(".composer-error-detail").textContent = detail === title ? "" : detail;
+  errorBox.hidden = false;
 }
 
-function startStreaming(article) {
-  if (article.dataset.status !== "streaming") {
-    article.dataset.status = "streaming";
-  }
-  article.querySelector(".msg-note")?.remove();
-  activeMessageId = article.dataset.messageId;
-  setBusy(true);
+function hideError() {
+  errorBox.hidden = true;
 }
 
-function appendDelta(frame) {
-  const article = articleFor(frame.message_id);
-  const have = Number(article.dataset.textLength || 0);
-  const end = frame.offset + frame.text.length;
-  if (end <= have) return; // duplicate
-  if (frame.offset > have) {
-    // A gap: ask for the missing text again from what we have.
-    subscribe(frame.message_id, have);
-    return;
-  }
-  if (article.dataset.status !== "streaming") startStreaming(article);
-  streamSegment(article).append(document.createTextNode(frame.text.slice(have - frame.offset)));
-  article.dataset.textLength = String(end);
-  scrollToEnd();
+document.getElementById("composer-error-close").addEventListener("click", () => {
+  hideError();
+  composer.focus();
+});
+
+/** Tell screen readers once, at the end, rather than on every streamed word. */
+function announce(text) {
+  announcer.textContent = "";
+  setTimeout(() => {
+    announcer.textContent =
+      text.length > ANNOUNCE_CHARS ? `${text.slice(0, ANNOUNCE_CHARS)}…` : text;
+  }, 50);
 }
 
-function toolCard(frame) {
-  const figure = el("figure", "tool-card is-running");
-  figure.dataset.toolCallId = String(frame.tool_call_id);
-  const placeholder = el("div", "image-placeholder");
-  placeholder.setAttribute("role", "status");
-  placeholder.append(el("span", "spinner"), document.createTextNode(" Generating image…"));
-  figure.append(placeholder, el("figcaption", "", frame.prompt || ""));
-  return figure;
+function setConnection(state) {
+  connEl.dataset.state = state;
+  connEl.querySelector(".conn-text").textContent = state === "online" ? "" : "Reconnecting…";
 }
 
-function findCard(frame) {
-  return messagesEl.querySelector(`figure[data-tool-call-id="${frame.tool_call_id}"]`);
+function setImagesLeft(count) {
+  imagesLeft.hidden = count === null || count === undefined;
+  if (imagesLeft.hidden) return;
+  imagesLeft.textContent =
+    count === 0 ? "No images left today" : `${count} image${count === 1 ? "" : "s"} left today`;
 }
 
-function onToolStarted(frame) {
-  const article = articleFor(frame.message_id);
-  if (findCard(frame)) return;
-  article.querySelector(".body").append(toolCard(frame));
-  scrollToEnd();
+function toLogin() {
+  window.location.assign(`/login/?next=${encodeURIComponent(window.location.pathname)}`);
 }
 
-function onToolCompleted(frame) {
-  const card = findCard(frame) || toolCard(frame);
-  if (!card.isConnected) articleFor(frame.message_id).querySelector(".body").append(card);
-  const image = frame.image;
-  const link = el("a", "image-link");
-  link.href = image.url;
-  link.target = "_blank";
-  link.rel = "noopener";
-  const img = el("img");
-  img.src = image.url;
-  img.alt = image.prompt;
-  img.width = image.width;
-  img.height = image.height;
-  link.append(img);
-  card.className = "tool-card is-complete";
-  card.replaceChildren(link, el("figcaption", "", image.revised_prompt || image.prompt));
-  scrollToEnd();
-}
-
-function onToolFailed(frame) {
-  const card = findCard(frame) || toolCard(frame);
-  if (!card.isConnected) articleFor(frame.message_id).querySelector(".body").append(card);
-  const caption = card.querySelector("figcaption");
-  const failure = el("div", "image-failed", `Image failed: ${frame.error.message}`);
-  failure.setAttribute("role", "alert");
-  card.className = "tool-card is-failed";
-  card.replaceChildren(failure, caption || el("figcaption"));
-}
-
-function onFinished(frame, status) {
-  const article = articleFor(frame.message_id);
-  article.dataset.status = status;
-  article.dataset.textLength = String(frame.text_length);
-  // Server-rendered, sanitised Markdown replaces the streamed plain text.
-  article.querySelector(".body").innerHTML = frame.html;
-  article.querySelector(".msg-note")?.remove();
-  if (status !== "complete") {
-    const note = status === "cancelled" ? "Stopped." : frame.message || "The answer failed.";
-    article.append(el("p", `msg-note status-${status}`, note));
-  }
-  if (activeMessageId === String(frame.message_id)) activeMessageId = null;
-  setBusy(false);
-  scrollToEnd();
-}
-
-function addUserMessage(text) {
-  document.getElementById("empty-state")?.remove();
-  const article = el("article", "msg msg-user");
-  const body = el("div", "body");
-  body.append(el("p", "plain", text));
-  article.append(body);
-  messagesEl.append(article);
-  scrollToEnd();
-  return article;
-}
-
-function showNewConversation(conversation) {
-  document.getElementById("chat-title").textContent = conversation.title;
-  document.title = `${conversation.title} · chatimg`;
-  const list = document.getElementById("conversation-list");
-  list.querySelector("li.muted")?.remove();
-  list.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
-  const link = el("a", "", conversation.title);
-  link.href = conversation.url;
-  link.setAttribute("aria-current", "page");
-  const item = el("li");
-  item.append(link);
-  list.prepend(item);
-}
-
-function scrollToEnd() {
-  messagesEl.scrollTop = messagesEl.scrollHeight;
-}
-
-function setBusy(busy) {
-  sendButton.disabled = busy;
-  stopButton.hidden = !busy;
-}
-
-function showError(message) {
-  errorEl.textContent = message;
-  errorEl.hidden = !message;
-}
-
-// --- the socket ----------------------------------------------------------------
-
-function send(frame) {
-  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
-}
+// --- frames from the server ------------------------------------------------------------
 
 function subscribe(messageId, offset) {
   if (!conversationId) return;
   const frame = { type: "conversation.subscribe", conversation_id: conversationId };
-  if (messageId !== undefined && messageId !== null) {
+  if (messageId) {
     frame.message_id = Number(messageId);
     frame.offset = offset;
   }
-  send(frame);
+  connection.send(frame);
 }
 
-function lastAssistant() {
-  const all = messagesEl.querySelectorAll("article.msg-assistant[data-message-id]");
-  return all.length ? all[all.length - 1] : null;
+function finishAnswer(frame, status) {
+  const article = thread.answer(frame.message_id);
+  resyncing.delete(String(frame.message_id));
+  // A catch-up after a reload or a reconnect repeats an end the page already shows.
+  const known =
+    article.dataset.status === status && Number(article.dataset.textLength) === frame.text_length;
+  if (!known) {
+    const failed = status === "failed" || status === "interrupted";
+    // (A catch-up reports an interrupted answer as completed, without a code.)
+    const code = frame.code || (status === "interrupted" ? "interrupted" : "");
+    thread.finish(article, {
+      status,
+      html: frame.html,
+      textLength: frame.text_length,
+      error: failed ? { title: explain(code), detail: frame.message || "" } : null,
+    });
+    if (status === "complete") announce(`Answer: ${thread.answerText(article)}`);
+    else if (status === "cancelled") announce("Stopped. The answer so far is kept.");
+    else announce(`The answer failed. ${explain(code)}`);
+  }
+  refreshControls();
 }
 
 const handlers = {
   "session.ready": () => {
-    connEl.textContent = "";
-    retryDelay = 500;
-    const last = lastAssistant();
+    setConnection("online");
+    // Catch up on the latest answer from what we have (the server sends exactly
+    // the rest), then resend whatever the server never acknowledged.
+    const last = lastAnswer();
     if (last) subscribe(last.dataset.messageId, Number(last.dataset.textLength || 0));
     else subscribe();
-    for (const frame of unacked.values()) send(frame);
+    for (const frame of unacked.values()) connection.send(frame);
   },
   "message.accepted": (frame) => {
     unacked.delete(frame.client_message_id);
-    const pending = messagesEl.querySelector(`article[data-client-id="${frame.client_message_id}"]`);
-    if (pending) pending.dataset.messageId = String(frame.message_id);
+    const mine = threadEl.querySelector(
+      `article.msg-user[data-client-id="${CSS.escape(frame.client_message_id)}"]`,
+    );
+    if (mine) {
+      mine.dataset.messageId = String(frame.message_id);
+      mine.classList.remove("is-pending");
+    }
     if (!conversationId) {
       conversationId = frame.conversation_id;
-      history.replaceState(null, "", frame.conversation.url);
-      showNewConversation(frame.conversation);
+      window.history.replaceState(null, "", frame.conversation.url);
+      sidebar.adopt(frame.conversation);
+      composer.adopt(conversationId);
+    } else {
+      sidebar.bump(conversationId);
     }
-    startStreaming(articleFor(frame.assistant_message_id));
+    thread.answer(frame.assistant_message_id);
+    refreshControls();
   },
-  "assistant.started": (frame) => startStreaming(articleFor(frame.message_id)),
-  "assistant.delta": appendDelta,
-  "tool.started": onToolStarted,
-  "tool.completed": onToolCompleted,
-  "tool.failed": onToolFailed,
-  "assistant.completed": (frame) => onFinished(frame, frame.status),
-  "assistant.failed": (frame) => onFinished(frame, "failed"),
-  "conversation.state": (frame) => {
-    if (frame.message_id && frame.status === "streaming") startStreaming(articleFor(frame.message_id));
+  "assistant.started": (frame) => {
+    const article = thread.answer(frame.message_id);
+    if (article.dataset.status !== "streaming") thread.markStreaming(article);
+    refreshControls();
   },
-  error: (frame) => {
-    if (frame.ref) unacked.delete(frame.ref);
-    showError(frame.message);
-    if (frame.code !== "turn_in_progress" && !activeMessageId) setBusy(false);
-  },
-  pong: () => {},
-};
-
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${scheme}://${location.host}${chat.dataset.wsPath}`);
-  socket.addEventListener("message", (event) => {
-    const frame = JSON.parse(event.data);
-    handlers[frame.type]?.(frame);
-  });
-  socket.addEventListener("close", (event) => {
-    if (event.code === 4401) {
-      location.href = "/login/";
+  "assistant.delta": (frame) => {
+    const article = thread.answer(frame.message_id);
+    const wasStreaming = article.dataset.status === "streaming";
+    const result = thread.addDelta(article, frame.offset, frame.text);
+    const id = String(frame.message_id);
+    if (result === "gap") {
+      // A frame was lost: ask for the rest once, from what we have.
+      if (!resyncing.has(id)) {
+        resyncing.add(id);
+        subscribe(id, Number(article.dataset.textLength));
+      }
       return;
     }
-    connEl.textContent = "Reconnecting…";
-    setTimeout(connect, retryDelay);
-    retryDelay = Math.min(retryDelay * 2, 10000);
-  });
+    if (result === "ok") resyncing.delete(id);
+    if (!wasStreaming) refreshControls();
+  },
+  "tool.started": (frame) => {
+    thread.showImageRunning(thread.answer(frame.message_id), frame);
+    announce(`Generating an image: ${frame.prompt || ""}`);
+  },
+  "tool.completed": (frame) => {
+    thread.showImage(thread.answer(frame.message_id), frame);
+    if ("images_left_today" in frame) setImagesLeft(frame.images_left_today);
+    announce("The image is ready.");
+  },
+  "tool.failed": (frame) => {
+    thread.showImageFailed(thread.answer(frame.message_id), frame);
+    announce(`The image could not be made. ${frame.error?.message || ""}`);
+  },
+  "assistant.completed": (frame) => finishAnswer(frame, frame.status),
+  "assistant.failed": (frame) =>
+    finishAnswer(frame, frame.code === "interrupted" ? "interrupted" : "failed"),
+  "conversation.state": (frame) => {
+    if (frame.message_id && frame.status === "streaming") {
+      const article = thread.answer(frame.message_id);
+      if (article.dataset.status !== "streaming") thread.markStreaming(article);
+      refreshControls();
+    }
+  },
+  "conversation.updated": (frame) => sidebar.applyTitle(frame.conversation_id, frame.title),
+  "turn.regenerating": (frame) => {
+    regenerating = false;
+    thread.replaceAnswer(frame.replaces_message_id, frame.assistant_message_id);
+    refreshControls();
+  },
+  error: (frame) => {
+    if (frame.code === "unauthenticated") {
+      toLogin();
+      return;
+    }
+    if (frame.ref && unacked.has(frame.ref)) {
+      // Refused, so not stored: take the message back out of the thread and into the box.
+      const { text } = unacked.get(frame.ref);
+      unacked.delete(frame.ref);
+      threadEl.querySelector(`article.msg-user[data-client-id="${CSS.escape(frame.ref)}"]`)?.remove();
+      composer.fill(text);
+    } else {
+      regenerating = false;
+    }
+    showError(frame.code, frame.message);
+    refreshControls();
+  },
+};
+
+function onFrame(frame) {
+  // One page follows one conversation; anything else is not for this page.
+  const other = frame.conversation_id && conversationId && frame.conversation_id !== conversationId;
+  if (other) return;
+  handlers[frame.type]?.(frame);
 }
 
-// --- the composer --------------------------------------------------------------
-
-form.addEventListener("submit", (event) => {
-  event.preventDefault();
-  const text = input.value.trim();
-  if (!text || sendButton.disabled) return;
-  showError("");
-  const clientId = crypto.randomUUID();
-  const frame = { type: "message.send", conversation_id: conversationId, client_message_id: clientId, text };
-  addUserMessage(text).dataset.clientId = clientId;
-  unacked.set(clientId, frame);
-  send(frame);
-  input.value = "";
-  localStorage.removeItem(draftKey());
-  setBusy(true);
+const scheme = window.location.protocol === "https:" ? "wss" : "ws";
+const connection = new Connection(`${scheme}://${window.location.host}${main.dataset.wsPath}`, {
+  onFrame,
+  onState: setConnection,
+  onUnauthenticated: toLogin,
 });
 
-input.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-    event.preventDefault();
-    form.requestSubmit();
+// A handle for tests and for debugging from the console: window.chatimg.socket.close().
+window.chatimg = {
+  get socket() {
+    return connection.socket;
+  },
+};
+
+// --- what the person does ------------------------------------------------------------------
+
+function send(text) {
+  hideError();
+  const clientId = newId();
+  const frame = {
+    type: "message.send",
+    conversation_id: conversationId,
+    client_message_id: clientId,
+    text,
+  };
+  thread.addUserMessage(text, clientId);
+  unacked.set(clientId, frame);
+  connection.send(frame); // if the socket is down, session.ready resends it
+  thread.scrollToEnd();
+  refreshControls();
+}
+
+function regenerate() {
+  if (!conversationId) return;
+  hideError();
+  if (!connection.send({ type: "turn.regenerate", conversation_id: conversationId })) {
+    showError("", "Not connected. Try again once the connection is back.");
+    return;
+  }
+  regenerating = true;
+  refreshControls();
+}
+
+threadEl.addEventListener("click", async (event) => {
+  const suggestion = event.target.closest("[data-suggestion]");
+  if (suggestion) {
+    composer.fill(suggestion.textContent.trim(), { replace: true });
+    return;
+  }
+  const button = event.target.closest("[data-action]");
+  if (!button) return;
+  switch (button.dataset.action) {
+    case "regenerate":
+    case "retry":
+      regenerate();
+      break;
+    case "copy":
+      confirmCopied(button, await copyText(thread.answerText(button.closest("article"))));
+      break;
+    case "copy-code":
+      confirmCopied(button, await copyText(button.closest(".code-block").querySelector("pre").innerText));
+      break;
+    case "enlarge":
+      openLightbox(button.closest("figure"));
+      break;
   }
 });
 
-input.addEventListener("input", () => localStorage.setItem(draftKey(), input.value));
-input.value = localStorage.getItem(draftKey()) || "";
-
-stopButton.addEventListener("click", () => {
-  if (conversationId) send({ type: "turn.cancel", conversation_id: conversationId });
+sidebar.init({ conversationId, reportError: showError });
+composer.init({
+  conversationId,
+  onSend: send,
+  onStop: () => {
+    if (conversationId) connection.send({ type: "turn.cancel", conversation_id: conversationId });
+  },
 });
-
-const streaming = messagesEl.querySelector('article[data-status="streaming"]');
-if (streaming) startStreaming(streaming);
-connect();
+thread.enhance(threadEl);
+thread.tickElapsed();
+refreshControls();
+thread.scrollToEnd();
+// Not on touch screens: focusing would pop up the keyboard over the conversation.
+if (matchMedia("(pointer: fine)").matches) composer.focus();
+connection.connect();
+main.dataset.ready = "true"; // the page is wired up (tests wait for this)

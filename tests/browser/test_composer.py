@@ -1,0 +1,72 @@
+"""The message box: Enter and Shift+Enter, growing, busy while an answer runs, drafts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.sync_api import Page, expect
+
+from conversations.offline_model import OfflineModelServer, Reply
+from tests.browser.conftest import wait_until_ready
+from tests.browser.helpers import CONVERSATION_URL, last_answer, streaming_requests
+
+
+def test_enter_sends_shift_enter_starts_a_new_line_and_the_box_grows(
+    page: Page, log_in: Callable[[str], None], user: str, model: OfflineModelServer
+) -> None:
+    model.script_chat(Reply(tokens=[f"t{n} " for n in range(30)], token_delay=0.05))
+    log_in(user)
+    box = page.locator("textarea#prompt")
+    expect(box).to_be_focused()
+    expect(page.locator("#send")).to_be_disabled()  # nothing to send yet
+    one_line = box.bounding_box()["height"]  # type: ignore[index]
+
+    box.press_sequentially("line one")
+    box.press("Shift+Enter")
+    box.press_sequentially("line two")
+    box.press("Shift+Enter")
+    box.press_sequentially("line three")
+    expect(box).to_have_value("line one\nline two\nline three")
+    assert box.bounding_box()["height"] > one_line * 2  # type: ignore[index]
+    assert streaming_requests(model) == []
+
+    box.press("Enter")
+    expect(page.locator("article.msg-user .body")).to_have_text("line one\nline two\nline three")
+    expect(box).to_have_value("")
+    expect(last_answer(page)).to_have_attribute("data-status", "streaming")
+    assert box.bounding_box()["height"] == one_line  # type: ignore[index]
+
+    # While the answer runs: typing is fine, sending is not (Stop instead of Send).
+    expect(page.locator("#stop")).to_be_visible()
+    box.press_sequentially("next question")
+    box.press("Enter")
+    expect(box).to_have_value("next question")
+    expect(page.locator("article.msg-user")).to_have_count(1)
+    expect(last_answer(page)).to_have_attribute("data-status", "complete")
+    expect(page.locator("#send")).to_be_enabled()
+    assert len(streaming_requests(model)) == 1
+
+
+def test_a_draft_survives_a_reload_and_moves_with_a_new_chat_to_its_address(
+    page: Page, log_in: Callable[[str], None], user: str, model: OfflineModelServer
+) -> None:
+    model.script_chat(Reply(text="Noted."))
+    log_in(user)
+    box = page.locator("textarea#prompt")
+    box.press_sequentially("half a thought")
+    page.reload()
+    wait_until_ready(page)
+    expect(box).to_have_value("half a thought")
+
+    box.fill("the first message")
+    box.press("Enter")
+    expect(page).to_have_url(CONVERSATION_URL)
+    box.press_sequentially("a draft for the next one")
+    page.reload()
+    wait_until_ready(page)
+    expect(page).to_have_url(CONVERSATION_URL)
+    expect(box).to_have_value("a draft for the next one")
+    # The new-chat page has no draft left over.
+    page.get_by_role("link", name="New chat").click()
+    wait_until_ready(page)
+    expect(box).to_have_value("")

@@ -164,6 +164,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._follow(conversation)
         self.offsets.setdefault(assistant.pk, 0)
         if created:
+            # Other tabs and devices following the conversation see the question too.
+            await turns.publish(
+                conversation.pk,
+                turns.frame(
+                    "message.created",
+                    conversation_id=str(conversation.pk),
+                    message_id=user_message.pk,
+                    client_message_id=key,
+                    text=text,
+                ),
+            )
             turns.launch(turns.TurnContext(conversation.pk, assistant.pk, self.user.pk))
         await self.send(
             turns.frame(
@@ -214,9 +225,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             replaces_message_id=replaced,
             assistant_message_id=answer.pk,
         )
-        await self.channel_layer.group_send(
-            turns.group_name(conversation.pk), {"type": "chat.event", "frame": replacing}
-        )
+        await turns.publish(conversation.pk, replacing)
         turns.launch(turns.TurnContext(conversation.pk, answer.pk, self.user.pk))
 
     async def on_cancel(self, payload: dict[str, Any]) -> None:
@@ -323,9 +332,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         answers = conversation.messages.filter(role=Message.Role.ASSISTANT).prefetch_related(
             "tool_invocations__image"
         )
-        if message_id is not None:
-            return answers.filter(pk=message_id).first()
-        return answers.order_by("-id").first()
+        latest = answers.order_by("-id").first()
+        if message_id is not None and latest is not None and latest.pk != message_id:
+            # The client's answer may have been regenerated while it was away:
+            # then it gets the one that replaced it, from the start.
+            return answers.filter(pk=message_id).first() or latest
+        return latest
 
     # --- events from the turn engine ------------------------------------------
 

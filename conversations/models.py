@@ -39,6 +39,26 @@ class NothingToRegenerate(Exception):
     """The conversation does not end with an answer."""
 
 
+class ConversationQuerySet(models.QuerySet):
+    def page(
+        self, cursor: tuple[Any, uuid.UUID] | None, size: int
+    ) -> tuple[list[Conversation], tuple[Any, uuid.UUID] | None]:
+        """One page, newest first, and the cursor of the next page (or None).
+
+        Keyset pagination on (updated_at, id): a conversation that moves to the
+        top while someone scrolls is neither repeated nor skipped.
+        """
+        rows = self.only("id", "title", "updated_at").order_by("-updated_at", "-id")
+        if cursor is not None:
+            at, pk = cursor
+            rows = rows.filter(Q(updated_at__lt=at) | Q(updated_at=at, id__lt=pk))
+        page = list(rows[: size + 1])
+        if len(page) <= size:
+            return page, None
+        page = page[:size]
+        return page, (page[-1].updated_at, page[-1].id)
+
+
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(
@@ -47,6 +67,8 @@ class Conversation(models.Model):
     title = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = ConversationQuerySet.as_manager()
 
     class Meta:
         ordering = ["-updated_at"]
@@ -57,6 +79,17 @@ class Conversation(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("conversation", args=[self.id])
+
+    def rename(self, title: str) -> str:
+        """Set a title the user chose; returns it cleaned. Raises ValueError if unusable."""
+        title = " ".join(title.split())
+        limit = self._meta.get_field("title").max_length
+        if not title or len(title) > limit:
+            raise ValueError(f"A title is 1 to {limit} characters.")
+        # Not save(): renaming must not move the conversation to the top of the list.
+        Conversation.objects.filter(pk=self.pk).update(title=title)
+        self.title = title
+        return title
 
     @property
     def group_name(self) -> str:

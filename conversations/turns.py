@@ -36,6 +36,13 @@ INTERRUPTED = llm.LLMError("interrupted", INTERRUPTED_MESSAGE, retryable=True)
 _running: dict[uuid.UUID, Turn] = {}
 
 
+async def publish(conversation_id: uuid.UUID, payload: str) -> None:
+    """Send one protocol frame to everyone following the conversation."""
+    await get_channel_layer().group_send(
+        group_name(conversation_id), {"type": "chat.event", "frame": payload}
+    )
+
+
 def control_group(conversation_id: uuid.UUID) -> str:
     """The group a running turn listens on for cancel and snapshot requests."""
     return f"turnctl.{conversation_id.hex}"
@@ -262,7 +269,13 @@ class Turn:
         )
         ids = {**self._ids(), "tool_call_id": invocation.id, "name": invocation.name}
         await self._publish(
-            frame("tool.started", **ids, offset=invocation.text_offset, prompt=invocation.prompt)
+            frame(
+                "tool.started",
+                **ids,
+                offset=invocation.text_offset,
+                prompt=invocation.prompt,
+                started_at=invocation.created_at.isoformat(),
+            )
         )
         try:
             if parse_error is not None:
@@ -401,16 +414,13 @@ class Turn:
         if not title:
             return
         await Conversation.objects.filter(pk=self.context.conversation_id).aupdate(title=title)
-        await self.layer.group_send(
-            self.group,
-            {
-                "type": "chat.event",
-                "frame": frame(
-                    "conversation.updated",
-                    conversation_id=str(self.context.conversation_id),
-                    title=title,
-                ),
-            },
+        await publish(
+            self.context.conversation_id,
+            frame(
+                "conversation.updated",
+                conversation_id=str(self.context.conversation_id),
+                title=title,
+            ),
         )
 
     def _save_final(self, status: str, code: str, error: str) -> Message:
@@ -469,7 +479,6 @@ _sweepers = weakref.WeakKeyDictionary()
 async def sweep_stale_turns() -> int:
     """Close answers whose process died, and tell whoever follows them."""
     closed = await database_sync_to_async(_close_stale)()
-    layer = get_channel_layer()
     for message, html in closed:
         payload = frame(
             "assistant.failed",
@@ -481,9 +490,7 @@ async def sweep_stale_turns() -> int:
             text_length=len(message.text),
             html=html,
         )
-        await layer.group_send(
-            group_name(message.conversation_id), {"type": "chat.event", "frame": payload}
-        )
+        await publish(message.conversation_id, payload)
     return len(closed)
 
 

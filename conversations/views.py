@@ -6,13 +6,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.core.files.storage import default_storage
-from django.db.models import Prefetch, Q
+from django.db.models import Prefetch
 from django.http import (
     FileResponse,
     Http404,
@@ -66,25 +65,11 @@ ERROR_TEXTS = {
 def conversation_page(
     user: Any, cursor: tuple[datetime, uuid.UUID] | None = None
 ) -> tuple[list[Conversation], str | None]:
-    """One page of the sidebar, newest first, and the URL of the next page (or None).
-
-    Keyset pagination on (updated_at, id): a conversation that moves to the top
-    while someone scrolls is neither repeated nor skipped on the next page.
-    """
-    rows = (
-        Conversation.objects.filter(user=user)
-        .only("id", "title", "updated_at")
-        .order_by("-updated_at", "-id")
-    )
-    if cursor is not None:
-        at, pk = cursor
-        rows = rows.filter(Q(updated_at__lt=at) | Q(updated_at=at, id__lt=pk))
-    page = list(rows[: CONVERSATIONS_PER_PAGE + 1])
-    if len(page) <= CONVERSATIONS_PER_PAGE:
+    """One page of the sidebar and the URL of the next one (or None)."""
+    page, after = Conversation.objects.filter(user=user).page(cursor, CONVERSATIONS_PER_PAGE)
+    if after is None:
         return page, None
-    page = page[:CONVERSATIONS_PER_PAGE]
-    last = page[-1]
-    query = urlencode({"before": last.updated_at.isoformat(), "id": str(last.id)})
+    query = urlencode({"before": after[0].isoformat(), "id": str(after[1])})
     return page, f"{reverse('conversation_list')}?{query}"
 
 
@@ -144,21 +129,14 @@ def conversation_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 def rename_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
-    title = " ".join(request.POST.get("title", "").split())
-    max_length = Conversation._meta.get_field("title").max_length
-    if not title or len(title) > max_length:
-        return JsonResponse({"error": f"A title is 1 to {max_length} characters."}, status=400)
-    # Not save(): renaming must not move the conversation to the top of the list.
-    Conversation.objects.filter(pk=conversation.pk).update(title=title)
+    try:
+        title = conversation.rename(request.POST.get("title", ""))
+    except ValueError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
     # Other tabs and devices on this conversation update their title too.
-    async_to_sync(get_channel_layer().group_send)(
-        turns.group_name(conversation.pk),
-        {
-            "type": "chat.event",
-            "frame": turns.frame(
-                "conversation.updated", conversation_id=str(conversation.pk), title=title
-            ),
-        },
+    async_to_sync(turns.publish)(
+        conversation.pk,
+        turns.frame("conversation.updated", conversation_id=str(conversation.pk), title=title),
     )
     if wants_json(request):
         return JsonResponse({"id": str(conversation.pk), "title": title})
@@ -185,20 +163,36 @@ def image(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
     picture = (
         GeneratedImage.objects.visible_to(request.user)
         .filter(pk=image_id)
-        .only("file", "format")
+        .only("id", "file", "format")
         .first()
     )
     # Someone else's image, or one a moderator hid, is "not found" like a missing one.
     if picture is None:
         raise Http404("No such image.")
+    # ?download=1 asks for "save as": the download attribute of a link is
+    # ignored once the redirect leaves our origin, so the storage must say it.
+    filename = f"chatimg-{str(picture.pk)[:8]}.{picture.format}"
+    download = request.GET.get("download") == "1"
     if hasattr(default_storage, "bucket_name"):
-        response: HttpResponse = HttpResponseRedirect(default_storage.url(picture.file.name))
+        parameters = (
+            {"ResponseContentDisposition": f'attachment; filename="{filename}"'}
+            if download
+            else None
+        )
+        response: HttpResponse = HttpResponseRedirect(
+            default_storage.url(picture.file.name, parameters=parameters)
+        )
         # The redirect target expires; never let anything cache it for longer.
         max_age = max(0, settings.S3_PRESIGN_SECONDS // 2)
         patch_cache_control(response, private=True, max_age=max_age)
         return response
     content_type = "image/jpeg" if picture.format == "jpg" else f"image/{picture.format}"
-    response = FileResponse(default_storage.open(picture.file.name), content_type=content_type)
+    response = FileResponse(
+        default_storage.open(picture.file.name),
+        content_type=content_type,
+        as_attachment=download,
+        filename=filename,
+    )
     patch_cache_control(response, private=True, max_age=3600)
     return response
 

@@ -82,6 +82,14 @@ async def test_the_owner_follows_the_app_url_to_the_same_bytes_and_others_cannot
         urllib.request.urlopen(unsigned, timeout=10)
     assert refused.value.code == 403
 
+    # "Save as" survives the cross-origin redirect: the signature asks S3 for it.
+    saving = await database_sync_to_async(owner_client(alice).get)(
+        image.get_absolute_url() + "?download=1"
+    )
+    with urllib.request.urlopen(saving["Location"], timeout=10) as fetched:
+        disposition = fetched.headers["Content-Disposition"]
+    assert disposition == f'attachment; filename="chatimg-{str(image.pk)[:8]}.png"'
+
     other = await database_sync_to_async(owner_client(mallory).get)(image.get_absolute_url())
     assert other.status_code == 404
     anonymous = await database_sync_to_async(Client().get)(image.get_absolute_url())

@@ -114,9 +114,11 @@ async def test_two_clients_on_one_conversation_both_receive_every_character_in_o
     answer_id = laptop_frames[0]["assistant_message_id"]
     assert text_of(laptop_frames, answer_id) == text_of(phone_frames, answer_id) == UPSTREAM
     assert [f["type"] for f in phone_frames if f["type"] != "assistant.delta"] == [
+        "message.created",
         "assistant.started",
         "assistant.completed",
     ]
+    assert (phone_frames[0]["text"], phone_frames[0]["client_message_id"]) == ("talk", "c1")
 
 
 async def test_cancel_stops_the_answer_at_once_and_keeps_the_text_so_far(

@@ -69,14 +69,16 @@ def test_an_image_is_generated_before_your_eyes_then_can_be_enlarged_and_downloa
     scroll_to_end(page)
     shoot(page, "image-done")
 
-    # Download: a link to the app's own image URL, which serves the bytes.
+    # Download: the app's own image URL asking for "save as" (the download
+    # attribute alone is ignored when S3's redirect leaves our origin).
     download = done.get_by_role("link", name="Download")
     href = download.get_attribute("href") or ""
-    assert re.fullmatch(rf"/images/{UUID}/", href), href
+    assert re.fullmatch(rf"/images/{UUID}/\?download=1", href), href
     assert download.get_attribute("download")
-    assert image.get_attribute("src") == href
+    assert image.get_attribute("src") == href.removesuffix("?download=1")
     response = page.request.get(href)
     assert response.status == 200 and response.headers["content-type"] == "image/png"
+    assert response.headers["content-disposition"].startswith("attachment;")
 
     # Enlarge: click the picture; Escape closes and focus goes back to it.
     opener = done.get_by_role("button", name="Enlarge image")

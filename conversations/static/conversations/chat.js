@@ -153,6 +153,17 @@ const handlers = {
     thread.answer(frame.assistant_message_id);
     refreshControls();
   },
+  "message.created": (frame) => {
+    // Another tab or device asked: show its question (our own is already there).
+    const known = threadEl.querySelector(
+      `article.msg-user[data-message-id="${frame.message_id}"],` +
+        `article.msg-user[data-client-id="${CSS.escape(frame.client_message_id)}"]`,
+    );
+    if (known) return;
+    const article = thread.addUserMessage(frame.text, frame.client_message_id);
+    article.dataset.messageId = String(frame.message_id);
+    article.classList.remove("is-pending");
+  },
   "assistant.started": (frame) => {
     const article = thread.answer(frame.message_id);
     if (article.dataset.status !== "streaming") thread.markStreaming(article);

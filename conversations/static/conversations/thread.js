@@ -208,7 +208,7 @@ export function showImage(article, frame) {
   }
   notes.hidden = !notes.children.length;
   const download = slot(card, "download");
-  download.href = image.url;
+  download.href = `${image.url}?download=1`;
   download.setAttribute("download", `chatimg-${String(image.id).slice(0, 8)}`);
   placeCard(article, frame.tool_call_id, card);
   tickElapsed();

@@ -97,6 +97,9 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            # Keep the connection: all ORM work runs on one thread, and reopening
+            # (and re-running the PRAGMAs) per call costs more than the query.
+            "CONN_MAX_AGE": None,
         }
     }
 
@@ -112,7 +115,10 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # No read timeout: redis-py's default of 5 s equals the 5 s that
+                # channels-redis blocks in BZPOPMIN, and an idle socket's receive
+                # then dies with "Timeout reading" (found by bench/).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
                 "prefix": env_str("CHATIMG_CHANNEL_PREFIX", "chatimg"),
                 # Bursts of deltas to a slow client must not be dropped early;
                 # the protocol's offsets recover anything that still is.
@@ -131,7 +137,7 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "BACKEND": "chatimg.layers.FastInMemoryChannelLayer",
             "CONFIG": {"capacity": env_int("CHATIMG_CHANNEL_CAPACITY", 1000, minimum=10)},
         }
     }

@@ -351,13 +351,17 @@ class Turn:
             offset, text = self.published, self.text[self.published :]
             self.published = len(self.text)
             self._last_flush = asyncio.get_running_loop().time()
+            ids = self._ids()
             await self.layer.group_send(
                 self.group,
                 {
                     "type": "chat.delta",
-                    **self._ids(),
+                    **ids,
                     "offset": offset,
                     "text": text,
+                    # Encoded once here, not once per follower: most of them
+                    # need exactly these bytes.
+                    "frame": frame("assistant.delta", **ids, offset=offset, text=text),
                 },
             )
 

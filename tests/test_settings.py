@@ -53,7 +53,7 @@ def test_the_laptop_defaults_need_no_services() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
         "django.db.backends.sqlite3",
-        "channels.layers.InMemoryChannelLayer",
+        "chatimg.layers.FastInMemoryChannelLayer",
         "django.core.files.storage.FileSystemStorage",
         "True",
     ]

@@ -149,14 +149,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not isinstance(key, str) or not 1 <= len(key) <= 64:
             raise ProtocolError("bad_frame", "client_message_id must be a string of 1-64 chars.")
         await self._count_message()
+        fresh = False
         if payload.get("conversation_id") is None:
-            conversation = await database_sync_to_async(self._conversation_for_new_send)(key)
+            conversation, fresh = await database_sync_to_async(self._conversation_for_new_send)(
+                key, text
+            )
         else:
             conversation = await self._conversation(payload)
         try:
             user_message, assistant, created = await database_sync_to_async(
                 conversation.begin_turn
-            )(text, key)
+            )(text, key, touch=not fresh)
         except TurnInProgress:
             raise ProtocolError(
                 "turn_in_progress", "Wait for the current answer to finish, or stop it."
@@ -194,16 +197,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not created:
             await self._catch_up(conversation, assistant.pk, offset=0)
 
-    def _conversation_for_new_send(self, key: str) -> Conversation:
-        """A send without a conversation starts one, unless it is a resend."""
+    def _conversation_for_new_send(self, key: str, text: str) -> tuple[Conversation, bool]:
+        """A send without a conversation starts one (titled by the message),
+        unless it is a resend; returns (conversation, created)."""
         earlier = (
             Message.objects.filter(conversation__user=self.user, client_message_id=key)
             .select_related("conversation")
             .first()
         )
         if earlier is not None:
-            return earlier.conversation
-        return Conversation.objects.create(user=self.user)
+            return earlier.conversation, False
+        title = Conversation.title_from(text)
+        return Conversation.objects.create(user=self.user, title=title), True
 
     async def on_regenerate(self, payload: dict[str, Any]) -> None:
         conversation = await self._conversation(payload)

@@ -105,12 +105,16 @@ class Conversation(models.Model):
         )
         return list(reversed(recent))
 
-    def begin_turn(self, text: str, client_message_id: str) -> tuple[Message, Message, bool]:
+    def begin_turn(
+        self, text: str, client_message_id: str, *, touch: bool = True
+    ) -> tuple[Message, Message, bool]:
         """Store the user's message and open the assistant's answer to it.
 
         Returns (user_message, assistant_message, created). A resend with the same
         client_message_id returns the messages of the first send and created=False,
         so a reconnecting client can never start a second turn by retrying.
+        `touch=False` skips bumping the conversation (one write fewer for a
+        conversation created for this very message, with its title).
         """
         existing = self._accepted(client_message_id)
         if existing:
@@ -124,10 +128,11 @@ class Conversation(models.Model):
                     client_message_id=client_message_id,
                 )
                 assistant = self._open_answer(user_message)
-                fields = {"updated_at": timezone.now()}
-                if not self.title:
-                    fields["title"] = Conversation.title_from(text)
-                Conversation.objects.filter(pk=self.pk).update(**fields)
+                if touch:
+                    fields = {"updated_at": timezone.now()}
+                    if not self.title:
+                        fields["title"] = Conversation.title_from(text)
+                    Conversation.objects.filter(pk=self.pk).update(**fields)
         except IntegrityError:
             existing = self._accepted(client_message_id)
             if existing:

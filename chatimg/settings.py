@@ -113,17 +113,15 @@ if REDIS_URL:
         raise ImproperlyConfigured(f"REDIS_URL must be a redis:// URL, got {REDIS_URL!r}")
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # The pub/sub layer: a group_send is one PUBLISH that each process
+            # receives once. The core layer drains one sorted set per process
+            # through a single locked BZPOPMIN loop and silently drops over
+            # capacity: in bench/ it lost text from 30 streams on.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
-                # No read timeout: redis-py's default of 5 s equals the 5 s that
-                # channels-redis blocks in BZPOPMIN, and an idle socket's receive
-                # then dies with "Timeout reading" (found by bench/).
+                # No read timeout: redis-py's default (5 s) kills idle receives.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
                 "prefix": env_str("CHATIMG_CHANNEL_PREFIX", "chatimg"),
-                # Bursts of deltas to a slow client must not be dropped early;
-                # the protocol's offsets recover anything that still is.
-                "capacity": env_int("CHATIMG_CHANNEL_CAPACITY", 1000, minimum=10),
-                "expiry": 60,
             },
         }
     }

@@ -6,20 +6,32 @@ Every database connection the process opens gets an ``execute_wrapper`` that
 counts statements by kind (INSERT, UPDATE, DELETE, SELECT, ...) and by table for
 writes. ``GET /__bench/sql`` returns the counts as JSON, ``POST /__bench/sql``
 returns them and starts over. The endpoint is answered here, in front of Django,
-so reading it costs no query. Nothing else about the app changes.
+so reading it costs no query. ``/__bench/probes`` reports event-loop stalls (a 50 ms
+ticker) and garbage-collection pauses (``gc.callbacks``) the same way. Nothing
+else about the app changes, unless
+``BENCH_PATCHES`` names "what-if" patches (bench/patches.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import os
 import re
 import threading
+import time
 from collections import Counter
 from typing import Any
 
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+
 from django.db.backends.signals import connection_created
 
+from bench import patches
 from chatimg.asgi import application as app_application
+
+APPLIED = patches.apply(os.environ.get("BENCH_PATCHES", ""))
 
 _lock = threading.Lock()
 _kinds: Counter[str] = Counter()
@@ -52,6 +64,7 @@ def snapshot(reset: bool = False) -> dict[str, Any]:
             "kinds": dict(_kinds),
             "writes": dict(_writes),
             "write_total": sum(_kinds[k] for k in WRITE_KINDS),
+            "patches": APPLIED,
         }
         if reset:
             _kinds.clear()
@@ -59,7 +72,74 @@ def snapshot(reset: bool = False) -> dict[str, Any]:
     return data
 
 
+# --- event-loop stalls and garbage collections, for /__bench/probes ---------------------
+
+_gc_pauses: list[tuple[int, float]] = []  # (generation, seconds)
+_gc_started = 0.0
+_lags: list[float] = []
+_ticker: asyncio.Task[None] | None = None
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        _gc_pauses.append((info["generation"], time.perf_counter() - _gc_started))
+
+
+gc.callbacks.append(_on_gc)
+
+
+async def _tick(interval: float = 0.05) -> None:
+    """How late the server's event loop wakes up: a stall delays every socket at once."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        _lags.append(loop.time() - start - interval)
+
+
+def probes(reset: bool = False) -> dict[str, Any]:
+    lags = sorted(_lags)
+    by_gen: dict[str, Any] = {}
+    for gen in (0, 1, 2):
+        pauses = [p for g, p in _gc_pauses if g == gen]
+        by_gen[str(gen)] = {
+            "count": len(pauses),
+            "total_ms": round(1000 * sum(pauses), 1),
+            "max_ms": round(1000 * max(pauses, default=0), 1),
+        }
+    data = {
+        "loop_lag_p99_ms": round(1000 * lags[int(0.99 * (len(lags) - 1))], 1) if lags else None,
+        "loop_lag_max_ms": round(1000 * lags[-1], 1) if lags else None,
+        "loop_lag_over_50ms": sum(1 for lag in lags if lag > 0.05),
+        "gc": by_gen,
+    }
+    if reset:
+        _lags.clear()
+        _gc_pauses.clear()
+    return data
+
+
+async def _reply(send: Any, payload: dict[str, Any]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+
+
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> Any:
+    global _ticker
+    if _ticker is None:
+        _ticker = asyncio.get_running_loop().create_task(_tick())
+    if scope["type"] == "http" and scope["path"] == "/__bench/probes":
+        await _reply(send, probes(reset=scope["method"] == "POST"))
+        return None
     if scope["type"] == "http" and scope["path"] == "/__bench/sql":
         body = json.dumps(snapshot(reset=scope["method"] == "POST")).encode()
         await send(

@@ -4,10 +4,11 @@ Run it in its own process (so it takes no CPU from the measured daphne's GIL):
 
     .venv/bin/python -m bench.fake --port 0 --ready-file /tmp/fake.url
 
-It answers a user message containing ``bench tokens=N delay=D id=X`` with exactly
-``bench.common.reply_tokens(N)``, one SSE chunk per token, D seconds apart, paced
-on an absolute schedule (a late chunk does not push the later ones back, so the
-stream keeps its nominal rate). Anything else gets the offline model's usual reply.
+It answers a streamed chat request whose last user message is
+``bench tokens=N delay=D id=X`` with exactly ``bench.common.reply_tokens(N)``, one
+SSE chunk per token, D seconds apart, paced on an absolute schedule (a late chunk
+does not push the later ones back, so the stream keeps its nominal rate). Anything
+else (such as the app's title request) gets the offline model's usual reply.
 
 For every bench request it records, by id, the wall-clock time (``time.time()``)
 at which the request arrived and just before each content chunk was written.
@@ -85,8 +86,10 @@ class _BenchHandler(_Handler):
             if isinstance(message, dict) and message.get("role") == "user":
                 user_text = _text_of(message.get("content"))
                 break
-        match = MARKER_RE.search(user_text)
-        if match:
+        # Only a streamed chat whose user text *is* a marker: the app's title request
+        # quotes the user text ("User: bench tokens=...") and must not be taken for it.
+        match = MARKER_RE.match(user_text.strip())
+        if match and (body or {}).get("stream"):
             count, delay = int(match["tokens"]), float(match["delay"])
             _local.reply = Reply(tokens=list(reply_tokens(count)), token_delay=delay)
             record = Record(tokens=count, arrived=arrived)

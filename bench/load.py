@@ -9,6 +9,7 @@ by offset and compared with the expected reply character for character.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -37,6 +38,9 @@ class TurnResult:
     text: str = ""
     status: str | None = None
     text_length: int | None = None
+    conversation_id: str | None = None
+    # Frame types seen after the end (with `linger`), e.g. conversation.updated.
+    after: list[str] = field(default_factory=list)
     anomalies: Counter[str] = field(default_factory=Counter)
     error: str | None = None
 
@@ -71,15 +75,22 @@ async def open_socket(url: str, token: str, timeout: float = 60.0) -> ClientConn
 
 
 async def run_turn(
-    ws: ClientConnection, tokens: int, delay: float, timeout: float = 300.0
+    ws: ClientConnection,
+    tokens: int,
+    delay: float,
+    timeout: float = 300.0,
+    conversation_id: str | None = None,
+    linger: float = 0.0,
 ) -> TurnResult:
+    """One turn; `conversation_id` None starts a conversation. `linger` keeps reading
+    frames that long after the end (a new conversation's title arrives then)."""
     bench_id = f"{uuid.uuid4().hex[:12]}-{next(_ids)}"
     result = TurnResult(bench_id, tokens, delay)
     pieces: list[str] = []
     have = 0
     frame = {
         "type": "message.send",
-        "conversation_id": None,
+        "conversation_id": conversation_id,
         "client_message_id": bench_id,
         "text": marker(tokens, delay, bench_id),
     }
@@ -109,6 +120,7 @@ async def run_turn(
                         have = end
                 elif kind == "message.accepted":
                     result.t_accepted = now
+                    result.conversation_id = event.get("conversation_id")
                 elif kind in ("assistant.completed", "assistant.failed"):
                     result.t_end = now
                     result.status = event.get("status") or event.get("code")
@@ -117,6 +129,11 @@ async def run_turn(
                 elif kind == "error":
                     result.error = f"{event.get('code')}: {event.get('message')}"
                     break
+        if linger > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(linger):
+                    while True:
+                        result.after.append(json.loads(await ws.recv()).get("type"))
     except TimeoutError:
         result.error = "timeout"
     except Exception as exc:
@@ -164,6 +181,23 @@ async def open_many(
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
+async def alive(sockets: list[ClientConnection], timeout: float = 10.0) -> int:
+    """How many sockets still answer a ping frame of the protocol with its pong."""
+
+    async def one(index: int, ws: ClientConnection) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await ws.send(json.dumps({"type": "ping", "id": index}))
+                while True:
+                    event = json.loads(await ws.recv())
+                    if event.get("type") == "pong" and event.get("id") == index:
+                        return True
+        except Exception:
+            return False
+
+    return sum(await asyncio.gather(*(one(i, ws) for i, ws in enumerate(sockets))))
+
+
 async def close_many(sockets: list[ClientConnection]) -> None:
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
@@ -171,9 +205,16 @@ async def close_many(sockets: list[ClientConnection]) -> None:
 # --- analysis -----------------------------------------------------------------------
 
 
-def analyse(results: list[TurnResult], stamps: dict[str, Any]) -> dict[str, Any]:
-    """Added latencies against the fake's own send times, and text integrity."""
+def analyse(
+    results: list[TurnResult], stamps: dict[str, Any], steady_from: float | None = None
+) -> dict[str, Any]:
+    """Added latencies against the fake's own send times, and text integrity.
+
+    `steady_from` (wall time): also report the deltas received after it, i.e. once
+    every stream has started, without the burst of turn starts.
+    """
     ttft, latency, added_gap, start, lateness = [], [], [], [], []
+    steady, steady_gap = [], []
     anomalies: Counter[str] = Counter()
     exact = failed = missing_stamps = 0
     lost_chars = 0
@@ -210,8 +251,13 @@ def analyse(results: list[TurnResult], stamps: dict[str, Any]) -> dict[str, Any]
                 continue
             sent = times[last]
             latency.append(t_recv - sent)
+            is_steady = steady_from is not None and t_recv >= steady_from
+            if is_steady:
+                steady.append(t_recv - sent)
             if previous is not None:
                 added_gap.append((t_recv - previous[0]) - (sent - previous[1]))
+                if is_steady:
+                    steady_gap.append(added_gap[-1])
             previous = (t_recv, sent)
 
     def ms(values: list[float], q: float) -> float:
@@ -233,6 +279,11 @@ def analyse(results: list[TurnResult], stamps: dict[str, Any]) -> dict[str, Any]
         "delta_p99_ms": ms(latency, 99),
         "delta_max_ms": ms(latency, 100),
         "gap_p99_ms": ms(added_gap, 99),
+        "steady_delta_p50_ms": ms(steady, 50),
+        "steady_delta_p99_ms": ms(steady, 99),
+        "steady_delta_max_ms": ms(steady, 100),
+        "steady_gap_p99_ms": ms(steady_gap, 99),
+        "samples_steady": len(steady),
         "start_p50_ms": ms(start, 50),
         "start_p99_ms": ms(start, 99),
         "fake_late_p99_ms": ms(lateness, 99),

@@ -1,6 +1,6 @@
 """Markdown tables from a bench.run JSON report.
 
-    .venv/bin/python -m bench.report /tmp/bench.json
+.venv/bin/python -m bench.report /tmp/bench.json
 """
 
 from __future__ import annotations
@@ -19,6 +19,18 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def _cpu(row: dict[str, Any]) -> str:
     cpu = row.get("cpu") or {}
     return " / ".join(f"{cpu.get(k, 0):.0f}" for k in ("daphne", "fake", "client"))
+
+
+def _server(row: dict[str, Any]) -> str:
+    """Server event-loop lag and full (generation 2) garbage collections."""
+    server = row.get("server")
+    if not server:
+        return "? | ?"
+    gen2 = server["gc"]["2"]
+    return (
+        f"{server['loop_lag_p99_ms']} / {server['loop_lag_max_ms']} | "
+        f"{gen2['count']} ({gen2['max_ms']})"
+    )
 
 
 def _integrity(row: dict[str, Any]) -> str:
@@ -41,7 +53,8 @@ def tables(report: dict[str, Any]) -> str:
                 _table(
                     [
                         "streams",
-                        "turns",
+                        "tokens/answer",
+                        "turns (per s)",
                         "added TTFT p50 ms",
                         "p99",
                         "max",
@@ -55,7 +68,8 @@ def tables(report: dict[str, Any]) -> str:
                     [
                         [
                             r["streams"],
-                            r["turns"],
+                            r.get("tokens", 100),
+                            f"{r['turns']} ({r.get('turns_per_s', '?')})",
                             r["ttft_p50_ms"],
                             r["ttft_p99_ms"],
                             r["ttft_max_ms"],
@@ -81,6 +95,8 @@ def tables(report: dict[str, Any]) -> str:
                         "p99",
                         "max",
                         "added gap p99 ms",
+                        "steady: delta p50 / p99 / max ms",
+                        "steady: gap p99 ms",
                         "integrity",
                         "fake late p99 ms",
                         "CPU % daphne/fake/client",
@@ -95,6 +111,9 @@ def tables(report: dict[str, Any]) -> str:
                             r["delta_p99_ms"],
                             r["delta_max_ms"],
                             r["gap_p99_ms"],
+                            f"{r.get('steady_delta_p50_ms')} / {r.get('steady_delta_p99_ms')}"
+                            f" / {r.get('steady_delta_max_ms')}",
+                            r.get("steady_gap_p99_ms"),
                             _integrity(r),
                             r["fake_late_p99_ms"],
                             _cpu(r),
@@ -109,15 +128,25 @@ def tables(report: dict[str, Any]) -> str:
         if run.get("writes"):
             out.append(
                 _table(
-                    ["tokens", "pace", "turn s", "exact", "writes", "by table", "pg_stat_database"],
+                    [
+                        "turn",
+                        "tokens",
+                        "pace",
+                        "turn s",
+                        "exact",
+                        "writes",
+                        "by table",
+                        "pg_stat_database",
+                    ],
                     [
                         [
+                            r["turn"],
                             r["tokens"],
                             "full speed" if r["delay"] == 0 else f"{1 / r['delay']:.0f} tok/s",
                             r["seconds"],
                             r["exact"],
                             r["writes"],
-                            ", ".join(f"{k} ×{v}" for k, v in sorted(r["by_table"].items())),
+                            ", ".join(f"{k} x{v}" for k, v in sorted(r["by_table"].items())),
                             r["pg_stat_database"] or "",
                         ]
                         for r in run["writes"]
@@ -128,9 +157,21 @@ def tables(report: dict[str, Any]) -> str:
         if run.get("memory"):
             out.append(
                 _table(
-                    ["idle sockets", "RSS before MiB", "RSS after MiB", "KiB per socket"],
                     [
-                        [r["sockets"], r["rss_base_mib"], r["rss_mib"], r["kib_per_socket"]]
+                        "idle sockets",
+                        "RSS before MiB",
+                        "RSS after MiB",
+                        "KiB per socket",
+                        "still answering ping",
+                    ],
+                    [
+                        [
+                            r["sockets"],
+                            r["rss_base_mib"],
+                            r["rss_mib"],
+                            r["kib_per_socket"],
+                            r.get("alive", "?"),
+                        ]
                         for r in run["memory"]
                     ],
                 )

@@ -49,6 +49,7 @@ class Stack:
     db: str = "sqlite"  # or "postgres"
     layer: str = "memory"  # or "redis"
     pin: bool = False  # daphne on CPU 0, fake and client on CPU 1
+    keep: bool = False  # keep the work dir (logs) at the end
     extra_env: dict[str, str] = field(default_factory=dict)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="chatimg-bench-")))
     fake: subprocess.Popen[bytes] | None = None
@@ -57,6 +58,8 @@ class Stack:
     app_port: int = 0
     tokens: list[str] = field(default_factory=list)
     _app_runs: int = 0
+    # One channel-layer prefix per stack, so that stop() can delete exactly its keys.
+    redis_prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}")
 
     # --- environment ---------------------------------------------------------
 
@@ -68,7 +71,7 @@ class Stack:
         }
         env.update(
             {
-                "DJANGO_SETTINGS_MODULE": "chatimg.settings",
+                "DJANGO_SETTINGS_MODULE": "bench.settings",
                 "DJANGO_DEBUG": "0",
                 "DJANGO_SECRET_KEY": "bench-" + "x" * 50,
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
@@ -87,7 +90,7 @@ class Stack:
             env["SQLITE_PATH"] = str(self.workdir / "db.sqlite3")
         if self.layer == "redis":
             env["REDIS_URL"] = REDIS_URL
-            env["CHATIMG_CHANNEL_PREFIX"] = f"bench{uuid.uuid4().hex[:8]}"
+            env["CHATIMG_CHANNEL_PREFIX"] = self.redis_prefix
         env.update(self.extra_env)
         return env
 
@@ -167,15 +170,15 @@ class Stack:
                 print(f"could not drop {PG_DB}: {exc}", file=sys.stderr)
         if self.layer == "redis":
             self._flush_redis_prefix()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _flush_redis_prefix(self) -> None:
         try:
             import redis
 
             client = redis.Redis.from_url(REDIS_URL)
-            prefix = self.env().get("CHATIMG_CHANNEL_PREFIX", "bench")
-            for key in client.scan_iter(f"{prefix}*", count=1000):
+            for key in client.scan_iter(f"{self.redis_prefix}*", count=1000):
                 client.delete(key)
             client.close()
         except Exception as exc:
@@ -206,6 +209,15 @@ class Stack:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 
+    def probes(self, reset: bool = False) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.app_port}/__bench/probes",
+            method="POST" if reset else "GET",
+            data=b"" if reset else None,
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
     def stamps(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.fake_root}/bench/stamps", timeout=60) as response:
             return json.load(response)
@@ -226,4 +238,6 @@ class Stack:
                 "FROM pg_stat_database WHERE datname = %s",
                 (PG_DB,),
             ).fetchone()
-        return dict(zip(("xact_commit", "tup_inserted", "tup_updated", "tup_deleted"), row))
+        return dict(
+            zip(("xact_commit", "tup_inserted", "tup_updated", "tup_deleted"), row, strict=True)
+        )

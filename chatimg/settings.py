@@ -241,7 +241,7 @@ OFFLINE_TOKEN_DELAY_MS = env_int("CHATIMG_OFFLINE_TOKEN_DELAY_MS", 25, minimum=0
 # --- Turn engine ----------------------------------------------------------------
 
 STREAM_COALESCE_MS = env_int("CHATIMG_STREAM_COALESCE_MS", 30, minimum=0)
-CHECKPOINT_SECONDS = env_float("CHATIMG_CHECKPOINT_SECONDS", 10.0, minimum=0.05)
+CHECKPOINT_SECONDS = env_float("CHATIMG_CHECKPOINT_SECONDS", 15.0, minimum=0.05)
 STALE_TURN_SECONDS = env_float("CHATIMG_STALE_TURN_SECONDS", 60.0, minimum=0.2)
 if STALE_TURN_SECONDS <= 2 * CHECKPOINT_SECONDS:
     raise ImproperlyConfigured(

@@ -114,26 +114,13 @@ class _BenchHandler(_Handler):
 
 
 class BenchModelServer(OfflineModelServer):
+    server_class = _BenchHTTPServer
+    handler_class = _BenchHandler
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stamp_lock = threading.Lock()
         self.stamps: dict[str, Record] = {}
-
-    def start(self) -> BenchModelServer:
-        # OfflineModelServer.start with the recording handler.
-        self._stopping = threading.Event()
-        httpd = _BenchHTTPServer((self.host, self.port), _BenchHandler)
-        httpd.model = self
-        self.port = httpd.server_address[1]
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"bench-fake:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
 
     def _next_chat(self) -> Any:
         reply = getattr(_local, "reply", None)

@@ -884,6 +884,10 @@ class OfflineModelServer:
     ...     client = openai.OpenAI(base_url=server.base_url, api_key="offline")
     """
 
+    # Subclasses (bench/fake.py) swap in a handler that records more.
+    server_class: type[_HTTPServer] = _HTTPServer
+    handler_class: type[_Handler] = _Handler
+
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -912,7 +916,7 @@ class OfflineModelServer:
         if self._httpd is not None:
             return self
         self._stopping = threading.Event()
-        httpd = _HTTPServer((self.host, self.port), _Handler)
+        httpd = self.server_class((self.host, self.port), self.handler_class)
         httpd.model = self
         self.port = httpd.server_address[1]
         self._httpd = httpd

@@ -91,11 +91,6 @@ class Conversation(models.Model):
         self.title = title
         return title
 
-    @property
-    def group_name(self) -> str:
-        """The channel-layer group every follower of this conversation joins."""
-        return f"conv.{self.id.hex}"
-
     def history(self) -> list[Message]:
         """The finished messages that make up the model's context, oldest first."""
         recent = (

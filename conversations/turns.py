@@ -381,27 +381,25 @@ class Turn:
 
     async def _finish(self, status: str) -> None:
         await self._settle_pending_writes()
-        message = await database_sync_to_async(self._save_final)(status, "", "")
+        html = await database_sync_to_async(self._save_final)(status, "", "")
         if status == Message.Status.COMPLETE and self.first_exchange and settings.LLM_TITLES:
             # After the answer, not before: a title must never delay the text.
             _background(self._retitle())
-        await self._publish_end(
-            message,
+        await self._publish(
             frame(
                 "assistant.completed",
                 **self._ids(),
                 status=status,
                 text_length=len(self.text),
-                html=await database_sync_to_async(message.body_html)(),
+                html=html,
                 usage=self.usage,
             ),
         )
 
     async def _fail(self, error: llm.LLMError, status: str = Message.Status.FAILED) -> None:
         await self._settle_pending_writes()
-        message = await database_sync_to_async(self._save_final)(status, error.code, error.message)
-        await self._publish_end(
-            message,
+        html = await database_sync_to_async(self._save_final)(status, error.code, error.message)
+        await self._publish(
             frame(
                 "assistant.failed",
                 **self._ids(),
@@ -409,7 +407,7 @@ class Turn:
                 message=error.message,
                 retryable=error.retryable,
                 text_length=len(self.text),
-                html=await database_sync_to_async(message.body_html)(),
+                html=html,
             ),
         )
 
@@ -427,17 +425,18 @@ class Turn:
             ),
         )
 
-    def _save_final(self, status: str, code: str, error: str) -> Message:
+    def _save_final(self, status: str, code: str, error: str) -> str:
+        """Store the final state and return the message's HTML (one trip to the ORM thread)."""
         message = Message.objects.get(pk=self.context.message_id)
         message.finish(status, self.text, usage=self.usage, error_code=code, error_message=error)
         # Tool calls cut short by a cancel must not look as if they still run.
         for invocation in message.tool_invocations.filter(status=ToolInvocation.Status.RUNNING):
             invocation.fail("The answer was stopped before the image was finished.")
-        return Message.objects.prefetch_related("tool_invocations__image").get(pk=message.pk)
-
-    async def _publish_end(self, message: Message, payload: str) -> None:
-        async with self._publish_lock:
-            await self.layer.group_send(self.group, {"type": "chat.event", "frame": payload})
+        return (
+            Message.objects.prefetch_related("tool_invocations__image")
+            .get(pk=message.pk)
+            .body_html()
+        )
 
 
 # One control receiver per process (per event loop): it is never cancelled while

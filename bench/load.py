@@ -215,6 +215,9 @@ def analyse(
     """
     ttft, latency, added_gap, start, lateness = [], [], [], [], []
     steady, steady_gap = [], []
+    # Latency by second since the first send: where in the run the slow deltas are.
+    t_first = min((r.t_send for r in results if r.t_send), default=0.0)
+    by_second: dict[int, list[float]] = {}
     anomalies: Counter[str] = Counter()
     exact = failed = missing_stamps = 0
     lost_chars = 0
@@ -251,6 +254,7 @@ def analyse(
                 continue
             sent = times[last]
             latency.append(t_recv - sent)
+            by_second.setdefault(int(t_recv - t_first), []).append(t_recv - sent)
             is_steady = steady_from is not None and t_recv >= steady_from
             if is_steady:
                 steady.append(t_recv - sent)
@@ -289,4 +293,5 @@ def analyse(
         "fake_late_p99_ms": ms(lateness, 99),
         "samples_ttft": len(ttft),
         "samples_delta": len(latency),
+        "timeline_p99_ms": {s: ms(v, 99) for s, v in sorted(by_second.items())},
     }

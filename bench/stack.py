@@ -92,6 +92,9 @@ class Stack:
             env["REDIS_URL"] = REDIS_URL
             env["CHATIMG_CHANNEL_PREFIX"] = self.redis_prefix
         env.update(self.extra_env)
+        # What-if settings: BENCH_APP_CHATIMG_STREAM_COALESCE_MS=60 reaches the
+        # app as CHATIMG_STREAM_COALESCE_MS=60.
+        env.update({k[10:]: v for k, v in os.environ.items() if k.startswith("BENCH_APP_")})
         return env
 
     def label(self) -> str:

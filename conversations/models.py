@@ -284,19 +284,24 @@ class Message(models.Model):
     def is_final(self) -> bool:
         return self.status != self.Status.STREAMING
 
-    def body_html(self) -> str:
+    def body_html(self, invocations: list[ToolInvocation] | None = None) -> str:
         from conversations.rendering import message_html
 
-        return message_html(self)
+        return message_html(self, invocations)
 
-    def segments(self) -> list[tuple[str, ToolInvocation | None]]:
+    def segments(
+        self, invocations: list[ToolInvocation] | None = None
+    ) -> list[tuple[str, ToolInvocation | None]]:
         """The text cut at each tool call: [(text, invocation_after_it), ...].
 
-        Uses the prefetched tool_invocations when present (no extra query).
+        Uses the prefetched tool_invocations when present (no extra query), or
+        `invocations` when the caller knows them.
         """
+        if invocations is None:
+            invocations = list(self.tool_invocations.all())
         parts: list[tuple[str, ToolInvocation | None]] = []
         start = 0
-        for invocation in sorted(self.tool_invocations.all(), key=lambda i: i.id):
+        for invocation in sorted(invocations, key=lambda i: i.id):
             offset = min(max(invocation.text_offset, start), len(self.text))
             parts.append((self.text[start:offset], invocation))
             start = offset

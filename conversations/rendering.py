@@ -16,7 +16,7 @@ from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
 if TYPE_CHECKING:
-    from conversations.models import Message
+    from conversations.models import Message, ToolInvocation
 
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
 
@@ -69,8 +69,11 @@ def markdown_html(text: str) -> str:
     )
 
 
-def message_html(message: Message) -> SafeString:
-    """The message body exactly as the page shows it: text segments and tool cards."""
+def message_html(message: Message, invocations: list[ToolInvocation] | None = None) -> SafeString:
+    """The message body exactly as the page shows it: text segments and tool cards.
+
+    `invocations`: the message's tool invocations, when the caller has them.
+    """
     if message.role == "user":
         return render_to_string("conversations/_user_text.html", {"text": message.text})
     parts = [
@@ -78,6 +81,6 @@ def message_html(message: Message) -> SafeString:
             "html": mark_safe(markdown_html(text)) if text.strip() else "",  # noqa: S308 (sanitised)
             "invocation": invocation,
         }
-        for text, invocation in message.segments()
+        for text, invocation in message.segments(invocations)
     ]
     return render_to_string("conversations/_assistant_body.html", {"parts": parts})

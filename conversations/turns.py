@@ -56,14 +56,14 @@ def frame(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, **fields}, separators=(",", ":"))
 
 
-def model_messages(conversation: Conversation) -> list[dict[str, Any]]:
-    """The context sent to the model, rebuilt from the database.
+def model_messages(history: list[Message]) -> list[dict[str, Any]]:
+    """The context sent to the model, rebuilt from the stored history.
 
     Image tool results appear only as their small JSON summary
     ({image_id, prompt, revised_prompt, status}): never bytes, never a URL.
     """
     messages: list[dict[str, Any]] = [{"role": "system", "content": settings.SYSTEM_PROMPT}]
-    for message in conversation.history():
+    for message in history:
         if message.role == Message.Role.USER:
             messages.append({"role": "user", "content": message.text})
             continue
@@ -115,8 +115,8 @@ def _append_tool_round(
 @dataclass
 class TurnContext:
     conversation_id: uuid.UUID
-    message_id: int
-    user_id: int
+    message_id: int  # the answer's
+    user: Any  # the conversation's owner (image quota, attribution)
 
 
 class Turn:
@@ -128,9 +128,9 @@ class Turn:
         self.published = 0  # how much of it has gone out as deltas
         self.usage: dict[str, int] = {}
         self.task: asyncio.Task[None] | None = None
-        self.user: Any = None  # the conversation's owner, loaded with the context
-        self.question = ""  # the user message this answers
+        self.question = ""  # the user message this answers, loaded with the context
         self.first_exchange = False
+        self.tool_calls = 0
         self.cancel_requested = False
         self._publish_lock = asyncio.Lock()
         self._last_flush = float("-inf")
@@ -245,14 +245,11 @@ class Turn:
                 )
 
     def _load_context(self) -> list[dict[str, Any]]:
-        conversation = Conversation.objects.select_related("user").get(
-            pk=self.context.conversation_id
-        )
-        self.user = conversation.user
-        answer = Message.objects.select_related("reply_to").get(pk=self.context.message_id)
-        self.question = answer.reply_to.text if answer.reply_to else ""
-        self.first_exchange = not conversation.messages.filter(pk__lt=answer.reply_to_id).exists()
-        return model_messages(conversation)
+        history = Conversation(pk=self.context.conversation_id).history()
+        # The answer streams, so the history ends with the question it answers.
+        self.question = history[-1].text if history else ""
+        self.first_exchange = len(history) == 1
+        return model_messages(history)
 
     async def _run_tool(self, call: llm.ToolCallRequest, *, allowed: bool) -> dict[str, Any]:
         try:
@@ -260,6 +257,7 @@ class Turn:
             arguments, parse_error = request.arguments(), None
         except images.ToolError as exc:
             request, arguments, parse_error = None, {"raw": call.arguments[:1000]}, exc
+        self.tool_calls += 1
         invocation = await database_sync_to_async(ToolInvocation.objects.create)(
             message_id=self.context.message_id,
             call_id=call.call_id[:100],
@@ -286,7 +284,10 @@ class Turn:
                 raise images.ToolError("tool_limit", "Too many images in one answer.")
             assert request is not None
             image, remaining = await images.generate(
-                invocation, request, user=self.user, conversation_id=self.context.conversation_id
+                invocation,
+                request,
+                user=self.context.user,
+                conversation_id=self.context.conversation_id,
             )
         except images.ToolError as exc:
             await database_sync_to_async(invocation.fail)(exc.message)
@@ -426,9 +427,19 @@ class Turn:
         )
 
     def _save_final(self, status: str, code: str, error: str) -> str:
-        """Store the final state and return the message's HTML (one trip to the ORM thread)."""
-        message = Message.objects.get(pk=self.context.message_id)
+        """Store the final state and return the message's HTML (one trip to the ORM thread).
+
+        One UPDATE for an answer without tool calls, the usual case: its HTML
+        needs nothing more from the database.
+        """
+        message = Message(
+            pk=self.context.message_id,
+            conversation_id=self.context.conversation_id,
+            role=Message.Role.ASSISTANT,
+        )
         message.finish(status, self.text, usage=self.usage, error_code=code, error_message=error)
+        if not self.tool_calls:
+            return message.body_html(invocations=[])
         # Tool calls cut short by a cancel must not look as if they still run.
         for invocation in message.tool_invocations.filter(status=ToolInvocation.Status.RUNNING):
             invocation.fail("The answer was stopped before the image was finished.")

@@ -77,6 +77,7 @@ def snapshot(reset: bool = False) -> dict[str, Any]:
 _gc_pauses: list[tuple[int, float]] = []  # (generation, seconds)
 _gc_started = 0.0
 _lags: list[float] = []
+_lag_times: list[float] = []  # wall time of each _lags entry
 _ticker: asyncio.Task[None] | None = None
 
 
@@ -98,6 +99,15 @@ async def _tick(interval: float = 0.05) -> None:
         start = loop.time()
         await asyncio.sleep(interval)
         _lags.append(loop.time() - start - interval)
+        _lag_times.append(time.time())
+
+
+def _by_second() -> dict[int, float]:
+    worst: dict[int, float] = {}
+    for at, lag in zip(_lag_times, _lags, strict=False):
+        second = int(at)
+        worst[second] = max(worst.get(second, 0.0), round(1000 * lag, 1))
+    return worst
 
 
 def probes(reset: bool = False) -> dict[str, Any]:
@@ -115,9 +125,12 @@ def probes(reset: bool = False) -> dict[str, Any]:
         "loop_lag_max_ms": round(1000 * lags[-1], 1) if lags else None,
         "loop_lag_over_50ms": sum(1 for lag in lags if lag > 0.05),
         "gc": by_gen,
+        # The worst stall in each second (wall clock), to line up with the client's timeline.
+        "lag_max_by_second_ms": _by_second(),
     }
     if reset:
         _lags.clear()
+        _lag_times.clear()
         _gc_pauses.clear()
     return data
 

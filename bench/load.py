@@ -294,4 +294,5 @@ def analyse(
         "samples_ttft": len(ttft),
         "samples_delta": len(latency),
         "timeline_p99_ms": {s: ms(v, 99) for s, v in sorted(by_second.items())},
+        "timeline_start": int(t_first),
     }

@@ -21,12 +21,29 @@ def gc_tune() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def redis_publish_unlocked() -> None:
+    """channels-redis' pub/sub layer holds one lock per Redis shard around every
+    PUBLISH, so every delta of every turn of the process waits for the previous
+    one's round trip. Proposed: publish without the lock (redis-py's pool gives
+    concurrent publishes their own connections; one turn's publishes are
+    awaited in order, so its deltas stay ordered).
+    """
+    from channels_redis.pubsub import RedisSingleShardConnection
+
+    async def publish(self, channel, message):  # type: ignore[no-untyped-def]
+        self._ensure_redis()
+        await self._redis.publish(channel, message)
+
+    RedisSingleShardConnection.publish = publish
+
+
 # The measured proposals that the app has since adopted (the in-memory layer,
 # consumer dispatch, lean SSE, delta frames, persistent SQLite, the Redis
 # pub/sub layer without a read timeout) were removed from here: see
 # docs/benchmarks.md for their before/after figures.
 PATCHES = {
     "gc_tune": gc_tune,
+    "redis_publish_unlocked": redis_publish_unlocked,
 }
 
 

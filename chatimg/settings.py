@@ -116,8 +116,9 @@ if REDIS_URL:
             # The pub/sub layer: a group_send is one PUBLISH that each process
             # receives once. The core layer drains one sorted set per process
             # through a single locked BZPOPMIN loop and silently drops over
-            # capacity: in bench/ it lost text from 30 streams on.
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # capacity: in bench/ it lost text from 30 streams on. Ours
+            # publishes without channels-redis' per-shard lock (chatimg/layers.py).
+            "BACKEND": "chatimg.layers.RedisPubSubChannelLayer",
             "CONFIG": {
                 # No read timeout: redis-py's default (5 s) kills idle receives.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None}],

@@ -70,6 +70,6 @@ def test_production_services_are_switched_on_by_their_variables() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "django.db.backends.postgresql" in result.stdout
-    assert "channels_redis.pubsub.RedisPubSubChannelLayer" in result.stdout
+    assert "chatimg.layers.RedisPubSubChannelLayer" in result.stdout
     assert "storages.backends.s3.S3Storage" in result.stdout
     assert result.stdout.strip().endswith("False")

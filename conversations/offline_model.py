@@ -102,6 +102,9 @@ class Reply:
     ``cut_after=N`` sends N content chunks and then drops the connection without ``[DONE]``.
     ``usage=False`` suppresses the usage chunk even if the client asked for one, because some
     OpenAI-compatible providers never send it.
+    ``framing="crlf-split"`` frames events as other servers may: CRLF line ends, a comment
+    and an ``event:`` line before each ``data:``, raw UTF-8 in the JSON, and every event
+    cut in two HTTP chunks (through a multi-byte character when it has one).
     """
 
     text: str = ""
@@ -111,6 +114,7 @@ class Reply:
     cut_after: int | None = None
     usage: bool = True
     tokens: list[str] | None = None
+    framing: str = "lf"
 
 
 @dataclass(frozen=True)
@@ -651,10 +655,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
+    framing = "lf"
+
     def _send_event(self, data: str) -> None:
-        payload = f"data: {data}\n\n".encode()
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
-        self.wfile.flush()
+        if self.framing != "crlf-split":
+            payload = f"data: {data}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+            self.wfile.flush()
+            return
+        payload = f": keep-alive\r\nevent: message\r\ndata: {data}\r\n\r\n".encode()
+        wide = re.search(rb"[\xc0-\xff]", payload)
+        cut = wide.start() + 1 if wide else len(payload) // 2
+        for index, part in enumerate((payload[:cut], payload[cut:])):
+            if index:
+                self.server.model._sleep(0.002)  # the halves arrive in separate reads
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.flush()
 
     def _end_stream(self) -> None:
         self._send_event("[DONE]")
@@ -744,6 +760,9 @@ class _Handler(BaseHTTPRequestHandler):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         created = int(time.time())
 
+        self.framing = reply.framing
+        ascii_only = reply.framing != "crlf-split"
+
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             data: dict[str, Any] = {
                 "id": completion_id,
@@ -757,7 +776,7 @@ class _Handler(BaseHTTPRequestHandler):
             }
             if include_usage:
                 data["usage"] = None  # OpenAI sends an explicit null until the final chunk
-            return json.dumps(data)
+            return json.dumps(data, ensure_ascii=ascii_only)
 
         def deltas() -> Iterator[dict[str, Any]]:
             for token in tokens:

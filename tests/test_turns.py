@@ -121,6 +121,28 @@ async def test_two_clients_on_one_conversation_both_receive_every_character_in_o
     assert (phone_frames[0]["text"], phone_frames[0]["client_message_id"]) == ("talk", "c1")
 
 
+async def test_a_provider_that_frames_its_stream_differently_gives_the_same_text(
+    make_user: Any, connect: Any, fake_openai: Any
+) -> None:
+    # CRLF line ends, comments, event: lines, raw UTF-8, events cut in two (mid-character).
+    tokens = ["Un ", "café ", "字 ", "🙂 ", "naïve ", "end."]
+    fake_openai.script_chat(
+        Reply(tokens=tokens, tool_calls=[ToolCall(id="call_1")], framing="crlf-split"),
+        Reply(tokens=[" Voilà 🎨"], framing="crlf-split"),
+    )
+    _, socket = await user_and_socket(make_user, connect)
+    await socket.send("message.send", client_message_id="c1", text="draw a kite")
+    frames = await socket.receive_until("assistant.completed")
+    answer_id = frames[0]["assistant_message_id"]
+    expected = "".join(tokens) + "\n\n Voilà 🎨"
+    assert text_of(frames, answer_id) == expected
+    assert [f["type"] for f in frames if f["type"].startswith("tool.")] == [
+        "tool.started",
+        "tool.completed",
+    ]
+    assert (await Message.objects.aget(pk=answer_id)).text == expected
+
+
 async def test_cancel_stops_the_answer_at_once_and_keeps_the_text_so_far(
     make_user: Any, connect: Any, fake_openai: Any
 ) -> None:

@@ -274,3 +274,38 @@ async def test_a_resend_with_the_same_client_message_id_does_not_start_a_second_
     assert again[0]["conversation_id"] == first[0]["conversation_id"]
     assert await Message.objects.acount() == 2
     assert len(fake_openai.chat_requests()) == 1
+
+
+async def test_closed_sockets_leave_nothing_behind_in_the_channel_layer(
+    make_user: Any, fake_openai: Any
+) -> None:
+    from channels.layers import get_channel_layer
+
+    from chatimg.layers import FastInMemoryChannelLayer
+    from tests.conftest import ChatSocket
+
+    layer = get_channel_layer()
+    if not isinstance(layer, FastInMemoryChannelLayer):
+        pytest.skip("inspects the in-memory layer's queues (the Redis run uses another layer)")
+    user = await database_sync_to_async(make_user)()
+    conversation = await Conversation.objects.acreate(user=user)
+    # The first socket also starts the process's turn-control receiver, which stays.
+    connected, first = await open_socket(user)
+    await first.receive()
+    await first.close()
+    before = (len(layer.channels), sum(len(g) for g in layer.groups.values()))
+
+    sockets: list[ChatSocket] = []
+    for _ in range(3):
+        connected, socket = await open_socket(user)
+        assert connected
+        await socket.receive()  # session.ready
+        await socket.send("conversation.subscribe", conversation_id=str(conversation.pk))
+        assert (await socket.receive())["type"] == "conversation.state"
+        sockets.append(socket)
+    assert sum(len(g) for g in layer.groups.values()) == before[1] + 3
+
+    for socket in sockets:
+        await socket.close()
+    # A long-running process must not keep a queue or a membership per closed tab.
+    assert (len(layer.channels), sum(len(g) for g in layer.groups.values())) == before

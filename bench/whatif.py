@@ -1,7 +1,7 @@
 """Measure the proposed fixes one by one: the sweep at fixed levels, per patch set.
 
     .venv/bin/python -m bench.whatif --config sqlite-memory --levels 50 \
-        --sets ",gc_tune"
+        --sets ",gc_young_10k"
 
 Each set is a "+"-joined list of bench/patches.py names ("" = the app as written,
 ALL = every patch that applies to the config). Prints one table row per set and level.
@@ -16,9 +16,9 @@ from pathlib import Path
 from bench import run
 from bench.report import _cpu, _integrity, _server
 
-# Every proposal still open (the adopted ones are in the app now).
-MEMORY_ALL = "gc_tune"
-REDIS_ALL = "gc_tune"
+# Every proposal still open (the adopted ones are in the app now): none.
+MEMORY_ALL = ""
+REDIS_ALL = ""
 
 
 def main() -> None:

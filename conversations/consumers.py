@@ -129,11 +129,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.window_frames > settings.FRAMES_PER_10_SECONDS:
             raise ProtocolError("rate_limited", "Too many frames; slow down.")
 
-    async def _count_message(self) -> None:
-        """Messages per user per minute, shared by all their sockets and processes."""
+    def _count_message(self) -> None:
+        """Messages per user per minute, shared by all their sockets and processes.
+
+        Runs inside the trip to the ORM thread that opens the turn: Django's
+        async cache API would make trips of its own to that same thread.
+        """
         window = int(time.time() // 60)
         key = f"ratelimit:send:{self.user.pk}:{window}"
-        sent = 1 if await cache.aadd(key, 1, timeout=65) else await cache.aincr(key)
+        sent = 1 if cache.add(key, 1, timeout=65) else cache.incr(key)
         if sent > settings.MESSAGES_PER_MINUTE:
             retry_after = 60 - int(time.time()) % 60
             raise ProtocolError(
@@ -196,7 +200,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
         if not isinstance(key, str) or not 1 <= len(key) <= 64:
             raise ProtocolError("bad_frame", "client_message_id must be a string of 1-64 chars.")
-        await self._count_message()
         conversation_id = None
         if payload.get("conversation_id") is not None:
             conversation_id = self._conversation_id(payload)
@@ -250,6 +253,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         unless it is a resend of such a send. Returns (conversation, question,
         answer, created), as Conversation.begin_turn does.
         """
+        self._count_message()
         fresh = False
         if conversation_id is not None:
             conversation = self._owned(conversation_id)
@@ -268,10 +272,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return conversation, *conversation.begin_turn(text, key, touch=not fresh)
 
     async def on_regenerate(self, payload: dict[str, Any]) -> None:
-        conversation = await self._conversation(payload)
-        await self._count_message()
+        conversation_id = self._conversation_id(payload)
         try:
-            replaced, answer = await database_sync_to_async(conversation.begin_regeneration)()
+            conversation, replaced, answer = await database_sync_to_async(self._begin_regeneration)(
+                conversation_id
+            )
         except TurnInProgress:
             raise ProtocolError(
                 "turn_in_progress", "Wait for the current answer to finish, or stop it."
@@ -289,6 +294,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         await turns.publish(conversation.pk, replacing)
         turns.launch(turns.TurnContext(conversation.pk, answer.pk, self.user))
+
+    def _begin_regeneration(self, conversation_id: uuid.UUID) -> tuple[Conversation, int, Message]:
+        conversation = self._owned(conversation_id)
+        self._count_message()
+        return conversation, *conversation.begin_regeneration()
 
     async def on_cancel(self, payload: dict[str, Any]) -> None:
         conversation = await self._conversation(payload)

@@ -118,8 +118,8 @@ def client(*, images: bool = False) -> openai.AsyncOpenAI:
             # stream starts, honouring Retry-After; never once it has started.
             max_retries=settings.LLM_MAX_RETRIES,
             # The SDK's aiohttp transport parses HTTP in C and reads without
-            # anyio's per-read cancel scope and socket pause/resume: in bench/
-            # it halved the cost of reading a stream (one chunk per token).
+            # anyio's per-read cancel scope and socket pause/resume, a cost per
+            # token per stream: the largest gain in docs/benchmarks.md.
             http_client=openai.DefaultAioHttpClient(),
         )
     return per_loop[key]

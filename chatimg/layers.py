@@ -43,12 +43,16 @@ class FastInMemoryChannelLayer(InMemoryChannelLayer):
         self._next_sweep = now + 1.0
         super()._clean_expired()
 
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        assert isinstance(message, dict), "message is not a dict"
-        assert self.require_valid_channel_name(channel), "Channel name not valid"
+    def _queue(self, channel: str) -> asyncio.Queue[tuple[float, dict[str, Any]]]:
         queue = self.channels.get(channel)
         if queue is None:
             queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+        return queue
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        assert isinstance(message, dict), "message is not a dict"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        queue = self._queue(channel)
         try:
             # A shallow copy per member, as the values are str and int.
             queue.put_nowait((time.time() + self.expiry, dict(message)))
@@ -66,9 +70,7 @@ class FastInMemoryChannelLayer(InMemoryChannelLayer):
 
     async def receive(self, channel: str) -> dict[str, Any]:
         self._clean_expired()
-        queue = self.channels.get(channel)
-        if queue is None:
-            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+        queue = self._queue(channel)
         try:
             _, message = await queue.get()
         except asyncio.CancelledError:

@@ -761,7 +761,6 @@ class _Handler(BaseHTTPRequestHandler):
         created = int(time.time())
 
         self.framing = reply.framing
-        ascii_only = reply.framing != "crlf-split"
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             data: dict[str, Any] = {
@@ -776,7 +775,7 @@ class _Handler(BaseHTTPRequestHandler):
             }
             if include_usage:
                 data["usage"] = None  # OpenAI sends an explicit null until the final chunk
-            return json.dumps(data, ensure_ascii=ascii_only)
+            return json.dumps(data, ensure_ascii=self.framing == "lf")
 
         def deltas() -> Iterator[dict[str, Any]]:
             for token in tokens:

@@ -105,6 +105,7 @@ class Reply:
     ``framing="crlf-split"`` frames events as other servers may: CRLF line ends, a comment
     and an ``event:`` line before each ``data:``, raw UTF-8 in the JSON, and every event
     cut in two HTTP chunks (through a multi-byte character when it has one).
+    ``finish_reason`` overrides the ending ("length", "content_filter", …).
     """
 
     text: str = ""
@@ -115,6 +116,7 @@ class Reply:
     usage: bool = True
     tokens: list[str] | None = None
     framing: str = "lf"
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -705,6 +707,11 @@ class _Handler(BaseHTTPRequestHandler):
             )
             for call in reply.tool_calls
         ]
+        finish_reason = reply.finish_reason or ("tool_calls" if calls else "stop")
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and 0 < limit < len(tokens):
+            # As real servers do: stop at the limit, mid-sentence, and say so.
+            tokens, calls, finish_reason = tokens[:limit], [], "length"
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         model_name = str(body.get("model") or CHAT_MODEL)
         prompt_tokens = _rough_tokens(raw.decode("utf-8", "replace"))
@@ -714,7 +721,6 @@ class _Handler(BaseHTTPRequestHandler):
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
-        finish_reason = "tool_calls" if calls else "stop"
 
         if not body.get("stream"):
             # Simulate the generation time the stream would have taken.

@@ -210,6 +210,10 @@ OPENAI_BASE_URL = env_str("OPENAI_BASE_URL") or None
 # Images may come from another provider than chat (e.g. chat on vLLM, images on OpenAI).
 OPENAI_IMAGE_BASE_URL = env_str("OPENAI_IMAGE_BASE_URL") or OPENAI_BASE_URL
 OPENAI_IMAGE_API_KEY = env_str("OPENAI_IMAGE_API_KEY") or OPENAI_API_KEY
+# Azure OpenAI's dated api-version endpoints: OPENAI_BASE_URL is then the
+# resource's endpoint (https://NAME.openai.azure.com) and the model names are
+# deployment names. Its v1 endpoint (…/openai/v1/) needs none of this.
+AZURE_OPENAI_API_VERSION = env_str("AZURE_OPENAI_API_VERSION")
 OFFLINE_MODEL = not OPENAI_API_KEY
 CHAT_MODEL = env_str("CHATIMG_CHAT_MODEL", "offline-chat" if OFFLINE_MODEL else "gpt-4.1-mini")
 IMAGE_MODEL = env_str("CHATIMG_IMAGE_MODEL", "offline-image" if OFFLINE_MODEL else "gpt-image-1")

@@ -111,21 +111,30 @@ _clients = weakref.WeakKeyDictionary()
 def client(*, images: bool = False) -> openai.AsyncOpenAI:
     api_key, base_url = _endpoint(images)
     timeout = settings.IMAGE_TIMEOUT_SECONDS if images else settings.LLM_TIMEOUT_SECONDS
-    key = (api_key, base_url, timeout, settings.LLM_MAX_RETRIES)
+    key = (api_key, base_url, timeout, settings.LLM_MAX_RETRIES, settings.AZURE_OPENAI_API_VERSION)
     per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
     if key not in per_loop:
-        per_loop[key] = openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=httpx2.Timeout(timeout, connect=10.0),
+        options: dict[str, Any] = {
+            "api_key": api_key,
+            "timeout": httpx2.Timeout(timeout, connect=10.0),
             # The client retries connection errors, 408/409/429 and 5xx before a
             # stream starts, honouring Retry-After; never once it has started.
-            max_retries=settings.LLM_MAX_RETRIES,
+            "max_retries": settings.LLM_MAX_RETRIES,
             # The SDK's aiohttp transport parses HTTP in C and reads without
             # anyio's per-read cancel scope and socket pause/resume, a cost per
             # token per stream: the largest gain in docs/benchmarks.md.
-            http_client=openai.DefaultAioHttpClient(),
-        )
+            "http_client": openai.DefaultAioHttpClient(),
+        }
+        if settings.AZURE_OPENAI_API_VERSION and not settings.OFFLINE_MODEL:
+            # Azure's dated endpoints route by deployment (the model name) and
+            # take the key in an api-key header; its v1 endpoint is plain OpenAI.
+            per_loop[key] = openai.AsyncAzureOpenAI(
+                azure_endpoint=base_url or "",
+                api_version=settings.AZURE_OPENAI_API_VERSION,
+                **options,
+            )
+        else:
+            per_loop[key] = openai.AsyncOpenAI(base_url=base_url, **options)
     return per_loop[key]
 
 

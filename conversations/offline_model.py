@@ -165,6 +165,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: dict[str, Any] | None
+    query: str = ""  # the URL's query string, e.g. Azure's api-version
 
 
 # --------------------------------------------------------------------------------------
@@ -565,7 +566,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         model = self.server.model
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         raw = self._read_body() if method == "POST" else b""
         try:
             parsed = json.loads(raw) if raw else None
@@ -573,11 +574,13 @@ class _Handler(BaseHTTPRequestHandler):
             parsed = None
         body = parsed if isinstance(parsed, dict) else None
         headers = {key.lower(): value for key, value in self.headers.items()}
-        model._record(RecordedRequest(method, path, headers, body))
+        model._record(RecordedRequest(method, path, headers, body, query))
 
-        if method == "POST" and path == "/v1/chat/completions":
+        # Any prefix: /v1/… as OpenAI, /openai/deployments/<name>/… as Azure's
+        # api-version endpoints.
+        if method == "POST" and path.endswith("/chat/completions"):
             self._chat(body, raw)
-        elif method == "POST" and path == "/v1/images/generations":
+        elif method == "POST" and path.endswith("/images/generations"):
             self._images(body, raw)
         elif method == "GET" and path == "/v1/models":
             data = [
@@ -1014,10 +1017,10 @@ class OfflineModelServer:
             return list(self._requests)
 
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == "/v1/chat/completions"]
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
     def image_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == "/v1/images/generations"]
+        return [r for r in self.requests if r.path.endswith("/images/generations")]
 
     # -- used by the handler ------------------------------------------------------------
 

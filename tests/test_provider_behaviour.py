@@ -323,3 +323,22 @@ async def test_a_context_overflow_error_says_to_start_a_new_chat(
     )
     _, frames = await ask(connect, make_user)
     assert frames[-1]["code"] == "context_too_long" and frames[-1]["retryable"] is False
+
+
+async def test_azure_api_version_endpoints_are_called_by_deployment_with_an_api_key_header(
+    make_user: Any, connect: Any, fake_openai: Any, settings: Any
+) -> None:
+    settings.AZURE_OPENAI_API_VERSION = "2024-10-21"
+    settings.OPENAI_BASE_URL = settings.OPENAI_IMAGE_BASE_URL = fake_openai.base_url.removesuffix(
+        "/v1"
+    )
+    settings.CHAT_MODEL = "my-chat-deployment"
+    settings.IMAGE_MODEL = "my-image-deployment"
+    _, frames = await ask(connect, make_user, "draw a lighthouse at dusk")
+    assert frames[-1]["type"] == "assistant.completed"
+    assert any(f["type"] == "tool.completed" for f in frames)
+    chat, image = fake_openai.chat_requests()[0], fake_openai.image_requests()[0]
+    assert chat.path == "/openai/deployments/my-chat-deployment/chat/completions"
+    assert image.path == "/openai/deployments/my-image-deployment/images/generations"
+    assert chat.query == image.query == "api-version=2024-10-21"
+    assert chat.headers["api-key"] == "sk-test" and "authorization" not in chat.headers

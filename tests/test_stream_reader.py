@@ -158,3 +158,26 @@ def test_a_title_is_cleaned_of_markdown_labels_and_quotes(raw: str) -> None:
 
 def test_a_title_keeps_underscores_inside_words() -> None:
     assert llm.clean_title("_snake_case_ tips") == "snake_case tips"
+
+
+async def test_a_whole_call_in_one_chunk_ended_with_stop_is_still_a_call() -> None:
+    # Ollama's OpenAI endpoint: the complete call at once, then "stop".
+    body = sse(
+        delta(
+            role="assistant",
+            content="",
+            tool_calls=[call_part(0, id="call_x", name="generate_image", args='{"prompt":"a"}')],
+        ),
+        delta(finish="stop"),
+    )
+    events = await every_split(body)
+    assert events == [
+        llm.ToolCallRequest("call_x", "generate_image", '{"prompt":"a"}'),
+        llm.StreamEnd("stop", {}),
+    ]
+
+
+async def test_keep_alive_comments_between_events_are_skipped() -> None:
+    # OpenRouter sends ": OPENROUTER PROCESSING" while the model thinks.
+    body = b": OPENROUTER PROCESSING\n\n" + sse(delta(content="hi"), delta(finish="stop"))
+    assert await every_split(body) == [llm.TextDelta("hi"), llm.StreamEnd("stop", {})]

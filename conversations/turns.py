@@ -263,15 +263,8 @@ class Turn:
         try:
             async for event in llm.stream_chat(messages, tools):
                 if isinstance(event, llm.TextDelta):
-                    if (
-                        after_tools
-                        and len(self.text) == segment_start
-                        and self.text[-1:]
-                        not in (
-                            "",
-                            "\n",
-                        )
-                    ):
+                    starts_after_image = after_tools and len(self.text) == segment_start
+                    if starts_after_image and self.text[-1:] not in ("", "\n"):
                         # Text after an image starts a new paragraph, not mid-line
                         # ("…at dusk.Here is…" for clients that print plain text).
                         self._add_text("\n\n")

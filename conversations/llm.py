@@ -234,6 +234,14 @@ async def stream_chat(
         async with contextlib.aclosing(read_stream(response.iter_bytes())) as events:
             async for event in events:
                 yield event
+    except LLMError as exc:
+        if exc.code != "upstream_empty" or not tools:
+            raise
+        # llama-cpp-python cannot stream a tool call the model chose itself: it
+        # answers 200 with an empty body. Asked again without streaming, it can.
+        log.info("an empty stream to a request with tools; asking again without streaming")
+        for event in await _complete(kwargs):
+            yield event
     except httpx2.TimeoutException as exc:
         raise LLMError(
             "upstream_stalled", "The model stopped sending mid-answer.", retryable=True
@@ -329,6 +337,39 @@ async def read_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent
         if call.name:
             yield ToolCallRequest(call.id or f"call_{index}", call.name, call.arguments)
     yield StreamEnd(finish_reason or "stop", usage)
+
+
+async def _complete(kwargs: dict[str, Any]) -> list[StreamEvent]:
+    """The same request without streaming, as the events a stream would have given."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("stream", "stream_options")}
+    try:
+        completion = await client().chat.completions.create(**kwargs)
+    except openai.OpenAIError as exc:
+        raise _llm_error(exc) from exc
+    events: list[StreamEvent] = []
+    choice = completion.choices[0] if completion.choices else None
+    message = choice.message if choice else None
+    if message and message.content:
+        events.append(TextDelta(message.content))
+    for index, call in enumerate((message.tool_calls if message else None) or ()):
+        function = getattr(call, "function", None)
+        if function is not None and function.name:
+            events.append(
+                ToolCallRequest(call.id or f"call_{index}", function.name, function.arguments)
+            )
+    if not events and (choice is None or choice.finish_reason != "content_filter"):
+        raise LLMError("upstream_empty", EMPTY_ANSWER, retryable=True)
+    usage = completion.usage
+    tokens = (
+        {
+            "prompt_tokens": usage.prompt_tokens or 0,
+            "completion_tokens": usage.completion_tokens or 0,
+        }
+        if usage
+        else {}
+    )
+    events.append(StreamEnd((choice.finish_reason if choice else None) or "stop", tokens))
+    return events
 
 
 def _partial_call(

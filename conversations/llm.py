@@ -524,7 +524,11 @@ TITLE_PROMPT = (
 )
 TITLE_MAX_TOKENS = 24
 # "Title: …", "**Chat title** - …": the label some models put before the title.
-_TITLE_LABEL = re.compile(r"^\s*(?:chat\s+)?title\s*[:\-\u2013\u2014]\s*", re.IGNORECASE)
+# Small models also echo the prompt's "User:" / "Assistant:" labels.
+_TITLE_LABEL = re.compile(
+    r"^\s*(?:(?:chat\s+)?title|user|assistant)\s*[:\-\u2013\u2014]\s*", re.IGNORECASE
+)
+TITLE_MAX_WORDS = 8
 _MARKDOWN = re.compile(r"[*`#>~]+|(?<!\w)_+|_+(?!\w)|^\s*[-+]\s+|\[([^\]]*)\]\([^)]*\)")
 
 
@@ -535,7 +539,7 @@ def clean_title(raw: str) -> str:
     title = _MARKDOWN.sub(lambda m: m.group(1) or "", title)
     quotes = "\"'\u201c\u201d\u2018\u2019 "
     title = _TITLE_LABEL.sub("", title.strip(quotes))
-    title = " ".join(title.split()).strip(quotes).rstrip(".").strip()
+    title = " ".join(title.split()[:TITLE_MAX_WORDS]).strip(quotes).rstrip(".,;:").strip()
     return title[:80]
 
 

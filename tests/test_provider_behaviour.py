@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from conversations import turns
+from conversations import llm
 from conversations.models import Conversation, GeneratedImage, Message
 from conversations.offline_model import Fail, ImageReply, Reply, ToolCall
 from tests.conftest import text_of
@@ -65,7 +65,7 @@ async def test_a_length_ending_keeps_the_text_marks_it_truncated_and_continue_ca
     # The model saw what it had written, then was asked to go on.
     sent = fake_openai.chat_requests()[-1].body["messages"]
     assert sent[-2] == {"role": "assistant", "content": "The lighthouse stood "}
-    assert sent[-1] == {"role": "user", "content": turns.CONTINUE_PROMPT}
+    assert sent[-1] == {"role": "user", "content": llm.CONTINUE_PROMPT}
 
 
 async def test_continue_is_refused_when_the_answer_was_not_cut_off(

@@ -33,9 +33,12 @@ class Coalescer:
     def add(self, text: str) -> None:
         self.text += text
         if self._timer is None and self._flushing is None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, self._last_flush + self.window - loop.time())
-            self._timer = loop.call_later(delay, self._start_flush)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._last_flush + self.window - loop.time())
+        self._timer = loop.call_later(delay, self._start_flush)
 
     def _start_flush(self) -> None:
         self._timer = None
@@ -46,6 +49,10 @@ class Coalescer:
         self._flushing = None
         if not task.cancelled() and task.exception() is not None:
             log.error("publishing a delta failed: %s", task.exception())
+        if self._timer is None and self.published < len(self.text):
+            # Text that came while this delta was going out must not wait for
+            # the next token, which may be a long time coming (a tool call).
+            self._schedule()
 
     async def flush(self) -> None:
         """Publish whatever has not gone out yet, as one delta."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,10 +13,6 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from conversations.offline_model import OfflineModelServer
-
-# Playwright's sync API runs its own event loop; ORM calls made from those tests
-# are synchronous on purpose.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture(scope="session")

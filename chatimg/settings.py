@@ -257,6 +257,15 @@ HISTORY_MESSAGES = env_int("CHATIMG_HISTORY_MESSAGES", 40, minimum=2)
 MESSAGES_PER_MINUTE = env_int("CHATIMG_MESSAGES_PER_MINUTE", 20, minimum=1)
 FRAMES_PER_10_SECONDS = env_int("CHATIMG_FRAMES_PER_10S", 200, minimum=10)
 
+# --- Security (docs/security.md) ---------------------------------------------------
+
+# Origins (scheme://host[:port]) whose pages may open the chat socket with the
+# session cookie. Empty: only the socket's own origin (its scheme and Host).
+WEBSOCKET_ALLOWED_ORIGINS = env_list("CHATIMG_WS_ALLOWED_ORIGINS", CSRF_TRUSTED_ORIGINS)
+# How often an open socket re-reads its session or token (revocations also
+# close sockets at once through the channel layer; this catches expiry).
+ACCESS_RECHECK_SECONDS = env_float("CHATIMG_ACCESS_RECHECK_SECONDS", 60.0, minimum=0.5)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -574,6 +574,11 @@ class ImageQuota(models.Model):
 class ApiTokenQuerySet(models.QuerySet):
     def authenticate(self, raw: str) -> Any:
         """The active user a raw bearer token belongs to, or None."""
+        token = self.authenticate_token(raw)
+        return None if token is None else token.user
+
+    def authenticate_token(self, raw: str) -> ApiToken | None:
+        """The live token (its user selected) for a raw bearer token, or None."""
         token = (
             self.filter(digest=ApiToken.digest_of(raw), revoked_at=None, user__is_active=True)
             .select_related("user")
@@ -582,7 +587,7 @@ class ApiTokenQuerySet(models.QuerySet):
         if token is None:
             return None
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-        return token.user
+        return token
 
 
 class ApiToken(models.Model):

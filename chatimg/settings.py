@@ -6,6 +6,7 @@ switches each piece on by setting its variable; docs/configuration.md lists
 every one of them.
 """
 
+import ipaddress
 from pathlib import Path
 
 import dj_database_url
@@ -265,6 +266,20 @@ WEBSOCKET_ALLOWED_ORIGINS = env_list("CHATIMG_WS_ALLOWED_ORIGINS", CSRF_TRUSTED_
 # How often an open socket re-reads its session or token (revocations also
 # close sockets at once through the channel layer; this catches expiry).
 ACCESS_RECHECK_SECONDS = env_float("CHATIMG_ACCESS_RECHECK_SECONDS", 60.0, minimum=0.5)
+
+# Provider image URLs are fetched from public addresses only; these networks
+# (comma-separated CIDRs or addresses, e.g. "127.0.0.1" for a LocalAI on this
+# host) are fetched from as well.
+IMAGE_FETCH_ALLOWED_NETWORKS = []
+for _network in env_list("CHATIMG_IMAGE_FETCH_ALLOW", []):
+    try:
+        IMAGE_FETCH_ALLOWED_NETWORKS.append(ipaddress.ip_network(_network, strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"CHATIMG_IMAGE_FETCH_ALLOW must list networks like 127.0.0.1/32, got {_network!r}"
+        ) from None
+# One deadline for a whole download (lookup, connect, headers and body).
+IMAGE_FETCH_TIMEOUT_SECONDS = env_float("CHATIMG_IMAGE_FETCH_TIMEOUT", 30.0, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -8,8 +8,9 @@ sockets (docs/security.md):
 - Events, at once and across processes: every socket joins its user's group on
   the channel layer; the signal handlers below group_send `access.revoke` (the
   affected sockets close without a database trip) or `access.recheck` (each
-  socket re-reads its own credentials: a password change ends the other
-  sessions, not the one that made it).
+  socket re-reads its own credentials). A password change ends every other
+  session; the one that made it gets a new session key (Django's
+  update_session_auth_hash), so its pages reconnect with the new cookie.
 - A periodic re-check per socket (CHATIMG_ACCESS_RECHECK_SECONDS), for what no
   signal announces: session expiry, `QuerySet.update(is_active=False)`, a lost
   event. Starting a turn re-checks in the same trip to the ORM thread, so a
@@ -36,10 +37,6 @@ from django.utils.crypto import constant_time_compare
 from conversations.models import ApiToken
 
 log = logging.getLogger(__name__)
-
-#: A password change ends the sessions other than the one that made it; that
-#: one gets its new hash a moment after the save that announces the change.
-PASSWORD_GRACE_SECONDS = 2.0
 
 ACCOUNT_ENDED = "Your account is no longer active."
 TOKEN_REVOKED = "This API token was revoked; create a new one at /tokens/."  # noqa: S105
@@ -144,7 +141,14 @@ def announce(user_id: Any, event: dict[str, Any]) -> None:
 def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     session_key = getattr(getattr(request, "session", None), "session_key", None)
     if user is not None and session_key:
-        announce(user.pk, {"type": "access.revoke", "session": session_digest(session_key)})
+        announce(
+            user.pk,
+            {
+                "type": "access.revoke",
+                "session": session_digest(session_key),
+                "message": SESSION_ENDED,
+            },
+        )
 
 
 @receiver(post_save)
@@ -155,7 +159,7 @@ def _user_saved(sender: Any, instance: Any, update_fields: Any = None, **kwargs:
     if update_fields is not None and not {"password", "is_active"} & set(update_fields):
         return
     if not instance.is_active:
-        announce(instance.pk, {"type": "access.revoke"})
+        announce(instance.pk, {"type": "access.revoke", "message": ACCOUNT_ENDED})
     else:  # perhaps a new password: each socket compares its session's hash
         announce(instance.pk, {"type": "access.recheck"})
 
@@ -163,15 +167,20 @@ def _user_saved(sender: Any, instance: Any, update_fields: Any = None, **kwargs:
 @receiver(post_delete)
 def _user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     if sender is get_user_model():
-        announce(instance.pk, {"type": "access.revoke"})
+        announce(instance.pk, {"type": "access.revoke", "message": ACCOUNT_ENDED})
 
 
 @receiver(post_save, sender=ApiToken)
 def _token_saved(sender: Any, instance: ApiToken, **kwargs: Any) -> None:
     if instance.revoked_at is not None:
-        announce(instance.user_id, {"type": "access.revoke", "token": instance.pk})
+        announce(
+            instance.user_id,
+            {"type": "access.revoke", "token": instance.pk, "message": TOKEN_REVOKED},
+        )
 
 
 @receiver(post_delete, sender=ApiToken)
 def _token_deleted(sender: Any, instance: ApiToken, **kwargs: Any) -> None:
-    announce(instance.user_id, {"type": "access.revoke", "token": instance.pk})
+    announce(
+        instance.user_id, {"type": "access.revoke", "token": instance.pk, "message": TOKEN_REVOKED}
+    )

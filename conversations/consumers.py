@@ -349,11 +349,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- credentials that end while the socket is open (access.py) ----------
 
-    async def _watch_access(self, first: float | None = None) -> None:
+    async def _watch_access(self) -> None:
         """Re-check the credentials now and then: session expiry sends no event."""
         period = settings.ACCESS_RECHECK_SECONDS
         # The first check at a random point of the period spreads a crowd's checks.
-        await asyncio.sleep(period * random.uniform(0.5, 1.0) if first is None else first)
+        await asyncio.sleep(period * random.uniform(0.5, 1.0))
         while not self.access_ended:
             try:
                 await database_sync_to_async(self.credentials.verify)()
@@ -372,16 +372,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await database_sync_to_async(self.credentials.verify)()
         except access.AccessEnded as exc:
-            if exc.message != access.PASSWORD_CHANGED:
-                await self._end_access(exc.message)
-                return
-            # The session that changed the password gets its new hash just
-            # after the save that sent this event: look again in a moment
-            # (off the dispatch loop, which must keep forwarding deltas).
-            self.access_watch.cancel()
-            self.access_watch = asyncio.create_task(
-                self._watch_access(first=access.PASSWORD_GRACE_SECONDS)
-            )
+            await self._end_access(exc.message)
 
     async def _end_access(self, message: str) -> None:
         """Tell the client why, then close with 4401 (log in again)."""

@@ -163,12 +163,25 @@ async def ready_socket(server: AppServer, **kwargs: Any) -> Sock:
 
 
 async def normal_turn(sock: Sock, text: str = "hello there") -> dict[str, Any]:
-    """A message and its whole answer: the product still works."""
-    await sock.send("message.send", client_message_id=uuid.uuid4().hex, text=text)
-    frames = await sock.receive_until("assistant.completed", "assistant.failed", timeout=30)
-    final = frames[-1]
-    assert final["type"] == "assistant.completed" and final["status"] == "complete", frames
-    return final
+    """A message and its whole answer (the accepted frame is returned): the product works."""
+    key = uuid.uuid4().hex
+    await sock.send("message.send", client_message_id=key, text=text)
+    deadline = time.monotonic() + 30
+    accepted: dict[str, Any] | None = None
+    while True:
+        frame = await sock.receive(max(0.05, deadline - time.monotonic()))
+        if frame["type"] == "message.accepted" and frame["client_message_id"] == key:
+            accepted = frame
+        elif frame["type"] == "error" and frame.get("ref") == key:
+            raise AssertionError(f"the message was refused: {frame}")
+        elif (
+            accepted is not None
+            and frame["type"] in ("assistant.completed", "assistant.failed")
+            and frame["message_id"] == accepted["assistant_message_id"]
+        ):
+            assert frame["type"] == "assistant.completed", frame
+            assert frame["status"] == "complete", frame
+            return accepted
 
 
 def deadline_poll(condition: Any, timeout: float = 10, interval: float = 0.05) -> Any:

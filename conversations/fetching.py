@@ -174,5 +174,7 @@ async def fetch(
         raise FetchError("timeout", f"not done within {deadline} s") from None
     except httpx2.TimeoutException as exc:
         raise FetchError("timeout", str(exc) or "timed out") from exc
-    except (httpx2.HTTPError, httpx2.InvalidURL, ValueError) as exc:
+    except httpx2.InvalidURL as exc:  # e.g. octal 0177.0.0.1, which httpx refuses to parse
+        raise FetchError("refused", str(exc)) from exc
+    except (httpx2.HTTPError, ValueError) as exc:
         raise FetchError("unavailable", str(exc) or type(exc).__name__) from exc

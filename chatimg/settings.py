@@ -281,6 +281,9 @@ for _network in env_list("CHATIMG_IMAGE_FETCH_ALLOW", []):
 # One deadline for a whole download (lookup, connect, headers and body).
 IMAGE_FETCH_TIMEOUT_SECONDS = env_float("CHATIMG_IMAGE_FETCH_TIMEOUT", 30.0, minimum=1)
 
+# Image objects whose deletion storage refused are retried this often.
+DELETION_RETRY_SECONDS = env_float("CHATIMG_DELETION_RETRY_SECONDS", 60.0, minimum=0.1)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

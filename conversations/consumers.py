@@ -23,7 +23,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 
-from conversations import access, frames, turns
+from conversations import access, deletions, frames, turns
 from conversations.models import Conversation, Message, NothingToRegenerate, TurnInProgress
 
 PROTOCOL_VERSION = 1
@@ -90,6 +90,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Starts this process's turn-control receiver and stale-answer sweep
         # (at the first socket after start-up, then periodically).
         await turns.control_channel()
+        deletions.ensure_retrier()  # storage deletions that failed are retried
         self.groups_joined: set[str] = set()
         # Revocations reach the socket through its user's group (access.py).
         self.credentials = access.Credentials.of(self.scope)

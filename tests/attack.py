@@ -123,6 +123,15 @@ class Sock:
         await self.ws.close()
 
 
+async def assert_closed_for_login(sock: Sock, reason: str) -> None:
+    """The server says why (a typed `error`) and closes with 4401: log in again."""
+    code, frames = await sock.closed_with(timeout=8)
+    assert code == 4401, (code, frames)
+    errors = [f for f in frames if f["type"] == "error"]
+    assert errors and errors[-1]["code"] == "unauthenticated", frames
+    assert reason in errors[-1]["message"], errors[-1]
+
+
 def ws_url(server: AppServer) -> str:
     return server.url.replace("http://", "ws://") + "/ws/chat/"
 

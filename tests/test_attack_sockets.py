@@ -15,7 +15,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import websockets
@@ -23,6 +22,7 @@ import websockets
 from conversations.offline_model import OfflineModelServer, Reply
 from tests.attack import (
     Visitor,
+    assert_closed_for_login,
     normal_turn,
     open_socket,
     ready_socket,
@@ -81,14 +81,6 @@ def logged_in(app: AppServer, username: str) -> Visitor:
     assert response.status_code == 302, response.text[:500]
     assert visitor.session
     return visitor
-
-
-async def assert_closed_for_login(sock: Any, reason: str) -> None:
-    code, frames = await sock.closed_with(timeout=8)
-    assert code == 4401, (code, frames)
-    errors = [f for f in frames if f["type"] == "error"]
-    assert errors and errors[-1]["code"] == "unauthenticated", frames
-    assert reason in errors[-1]["message"], errors[-1]
 
 
 async def assert_works_again(app: AppServer, username: str) -> None:

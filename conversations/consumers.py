@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
+import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 
-from conversations import protocol, runtime
+from conversations import access, frames, protocol, runtime
 from conversations.models import (
     Conversation,
     Message,
@@ -31,6 +32,8 @@ from conversations.models import (
     TurnInProgress,
 )
 from conversations.turns import TurnContext
+
+log = logging.getLogger(__name__)
 
 
 class ProtocolError(protocol.ChatimgError):
@@ -87,6 +90,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401)
             return
         self.groups_joined: set[str] = set()
+        # Revocations reach the socket through its user's group (access.py).
+        self.credentials = access.Credentials.of(self.scope)
+        self.access_ended = False
+        await self._join(access.user_group(self.user.pk))
+        self.access_watch = asyncio.create_task(self._watch_access())
         # message_id -> how many characters of it this client has.
         self.offsets: dict[int, int] = {}
         self.resyncing: set[int] = set()
@@ -98,11 +106,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def disconnect(self, code: int) -> None:
+        if hasattr(self, "access_watch"):
+            self.access_watch.cancel()
         for group in getattr(self, "groups_joined", ()):
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not self.user.is_authenticated:
+        if not self.user.is_authenticated or self.access_ended:
             return
         try:
             self._count_frame()
@@ -113,6 +123,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await handler(self, payload)
         except ProtocolError as exc:
             await self._send_error(exc.code, exc.message, ref=self._ref(text_data))
+        except access.AccessEnded as exc:
+            await self._end_access(exc.message)
+        except Exception:
+            # Nothing a client sends may close its socket with 1011: a bug
+            # (logged with its traceback) is a typed error, and the socket lives.
+            log.exception("frame handler failed")
+            await self._send_error(
+                "internal_error", "Something went wrong on our side.", ref=self._ref(text_data)
+            )
 
     # --- frames from the client ------------------------------------------------
 
@@ -145,14 +164,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def _parse(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
         if text_data is None:
             raise ProtocolError("bad_frame", "Frames must be JSON text.")
-        if len(text_data.encode()) > settings.MAX_FRAME_BYTES:
+        # surrogatepass: measuring must not fail; frames.decode refuses such text.
+        if len(text_data.encode("utf-8", "surrogatepass")) > settings.MAX_FRAME_BYTES:
             raise ProtocolError(
                 "frame_too_large", f"Frames are limited to {settings.MAX_FRAME_BYTES} bytes."
             )
         try:
-            payload = json.loads(text_data)
-        except json.JSONDecodeError:
-            raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
+            payload = frames.decode(text_data)
+        except frames.FrameError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
             raise ProtocolError("bad_frame", "A frame is a JSON object with a string 'type'.")
         return payload
@@ -161,8 +181,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def _ref(text_data: str | None) -> str | None:
         """Echo the client's idempotency key in errors so it knows which send failed."""
         try:
-            ref = json.loads(text_data or "").get("client_message_id")
-        except (json.JSONDecodeError, AttributeError):
+            ref = frames.decode(text_data or "").get("client_message_id")
+        except (frames.FrameError, AttributeError):
             return None
         return ref if isinstance(ref, str) else None
 
@@ -239,6 +259,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         unless it is a resend of such a send. Returns (conversation, question,
         answer, created), as Conversation.begin_turn does.
         """
+        self.credentials.verify()  # a revoked credential starts nothing new
         self._count_message()
         fresh = False
         if conversation_id is not None:
@@ -277,6 +298,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user))
 
     def _begin_regeneration(self, conversation_id: uuid.UUID) -> tuple[Conversation, int, Message]:
+        self.credentials.verify()
         conversation = self._owned(conversation_id)
         self._count_message()
         return conversation, *conversation.begin_regeneration()
@@ -331,10 +353,47 @@ class ChatConsumer(AsyncWebsocketConsumer):
         "ping": on_ping,
     }
 
+    # --- credentials that end while the socket is open (access.py) ----------
+
+    async def _watch_access(self) -> None:
+        """Re-check the credentials now and then: session expiry sends no event."""
+        period = settings.ACCESS_RECHECK_SECONDS
+        # The first check at a random point of the period spreads a crowd's checks.
+        await asyncio.sleep(period * random.uniform(0.5, 1.0))
+        while not self.access_ended:
+            try:
+                await database_sync_to_async(self.credentials.verify)()
+            except access.AccessEnded as exc:
+                await self._end_access(exc.message)
+                return
+            except Exception:
+                log.exception("could not re-check a socket's credentials")
+            await asyncio.sleep(period)
+
+    async def access_revoke(self, event: dict[str, Any]) -> None:
+        if self.credentials.matches(event):
+            await self._end_access(event.get("message") or access.SESSION_ENDED)
+
+    async def access_recheck(self, event: dict[str, Any]) -> None:
+        try:
+            await database_sync_to_async(self.credentials.verify)()
+        except access.AccessEnded as exc:
+            await self._end_access(exc.message)
+
+    async def _end_access(self, message: str) -> None:
+        """Tell the client why, then close with 4401 (log in again)."""
+        if self.access_ended:
+            return
+        self.access_ended = True
+        await self._send_error("unauthenticated", message)
+        await self.close(code=4401)
+
     # --- following a conversation ---------------------------------------------
 
     async def _follow(self, conversation: Conversation) -> None:
-        group = protocol.group_name(conversation.pk)
+        await self._join(protocol.group_name(conversation.pk))
+
+    async def _join(self, group: str) -> None:
         if group not in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
             self.groups_joined.add(group)

@@ -534,21 +534,90 @@ class GeneratedImage(models.Model):
 def delete_image_object(sender: type, instance: GeneratedImage, **kwargs: Any) -> None:
     """Deleting an image row, directly or by cascade, removes its object too.
 
-    Only once the deletion has committed (a rolled-back delete keeps both), and
-    only when no other row shares the object (identical bytes are stored once).
+    The debt is written in the deleting transaction (a PendingDeletion), so it
+    is never lost: not when storage refuses, not when the process dies before
+    the object is gone. Once the deletion commits the object is deleted and
+    the record with it; a failure leaves the record for the retries
+    (PendingDeletion.objects.retry_due). Identical bytes are stored once:
+    an object another row still uses is kept.
     """
     name = instance.file.name
-
-    def remove() -> None:
-        if GeneratedImage.objects.filter(file=name).exists():
-            return
-        try:
-            default_storage.delete(name)
-        except Exception:
-            log.exception("could not delete image object %s", name)
-
     if name:
-        transaction.on_commit(remove)
+        PendingDeletion.objects.get_or_create(key=name)
+        transaction.on_commit(lambda: PendingDeletion.objects.settle([name]))
+
+
+class PendingDeletionQuerySet(models.QuerySet):
+    def settle(self, keys: list[str]) -> int:
+        """Delete these objects from storage; returns how many are still owed.
+
+        Storage calls block: run this off the event loop. A success also
+        works off the backlog (storage is evidently up again).
+        """
+        owed = 0
+        for key in keys:
+            if not self._settle_one(key):
+                owed += 1
+        if keys and not owed:
+            self.retry_due(limit=20, failed_only=True)
+        return owed
+
+    def _settle_one(self, key: str) -> bool:
+        if GeneratedImage.objects.filter(file=key).exists():
+            self.filter(key=key).delete()  # still in use (a shared object): keep it
+            return True
+        try:
+            default_storage.delete(key)
+        except Exception as exc:
+            log.warning("could not delete image object %s (will retry): %s", key, exc)
+            record = self.filter(key=key).first()
+            if record is not None:
+                record.failed(exc)
+            return False
+        self.filter(key=key).delete()
+        return True
+
+    def retry_due(self, limit: int = 100, *, failed_only: bool = False) -> int:
+        """Retry the deletions whose next attempt is due; returns how many are still owed.
+
+        `failed_only` skips records not tried yet (their own transaction's
+        on_commit is about to try them).
+        """
+        due = self.filter(next_attempt_at__lte=timezone.now())
+        if failed_only:
+            due = due.filter(attempts__gt=0)
+        due = list(due.order_by("next_attempt_at").values_list("key", flat=True)[:limit])
+        owed = 0
+        for key in due:
+            if not self._settle_one(key):
+                owed += 1
+        return owed
+
+
+class PendingDeletion(models.Model):
+    """A storage object that must be deleted: its row is gone, the object may not be."""
+
+    key = models.CharField(max_length=200, unique=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = PendingDeletionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.attempts} attempts)"
+
+    def failed(self, error: Exception) -> None:
+        """Back off: 10 s, 20 s, 40 s ... up to an hour between attempts."""
+        self.attempts += 1
+        self.last_error = f"{type(error).__name__}: {error}"[:1000]
+        delay = min(3600, 10 * 2 ** min(self.attempts - 1, 12))
+        self.next_attempt_at = timezone.now() + timedelta(seconds=delay)
+        self.save(update_fields=["attempts", "last_error", "next_attempt_at"])
 
 
 class QuotaExceeded(Exception):
@@ -610,6 +679,11 @@ class ImageQuota(models.Model):
 class ApiTokenQuerySet(models.QuerySet):
     def authenticate(self, raw: str) -> Any:
         """The active user a raw bearer token belongs to, or None."""
+        token = self.authenticate_token(raw)
+        return None if token is None else token.user
+
+    def authenticate_token(self, raw: str) -> ApiToken | None:
+        """The live token (its user selected) for a raw bearer token, or None."""
         token = (
             self.filter(digest=ApiToken.digest_of(raw), revoked_at=None, user__is_active=True)
             .select_related("user")
@@ -618,7 +692,7 @@ class ApiTokenQuerySet(models.QuerySet):
         if token is None:
             return None
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-        return token.user
+        return token
 
 
 class ApiToken(models.Model):

@@ -18,6 +18,8 @@ is ``bench image id=X``; the image request with that prompt gets a PNG rendered
 for it (distinct bytes per id, so the app's per-user dedup never skips an upload),
 and the time just before its response bytes are written is recorded as
 ``image_ready`` (after the render: the provider's bytes are then available).
+The offline renderer's flat gradients compress to about 40 KB; a provider's
+1024x1024 PNG is 1.5-3 MB, so bench images get 10 % noise (about 2.1 MB).
 
 For every bench request it records, by id, the wall-clock time (``time.time()``)
 at which the request arrived and just before each content chunk was written.
@@ -27,13 +29,16 @@ at which the request arrived and just before each content chunk was written.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import IMAGE_MARKER_RE, MARKER_RE, reply_tokens
+from conversations import offline_model
 from conversations.offline_model import (
     OfflineModelServer,
     Reply,
@@ -56,6 +61,7 @@ class Record:
     # Image requests: just before the response bytes were written, and after.
     image_ready: float | None = None
     image_sent: float | None = None
+    image_response_bytes: int = 0
 
 
 class _BenchHTTPServer(_HTTPServer):
@@ -77,6 +83,7 @@ class _BenchHandler(_Handler):
                         "times": rec.times,
                         "image_ready": rec.image_ready,
                         "image_sent": rec.image_sent,
+                        "image_response_bytes": rec.image_response_bytes,
                     }
                     for key, rec in model.stamps.items()
                 }
@@ -156,6 +163,7 @@ class _BenchHandler(_Handler):
         record = self._image
         if record is not None:
             record.image_ready = time.time()  # rendered and encoded: the bytes are available
+            record.image_response_bytes = len(content)
         super()._send_bytes(status, content, content_type, headers)
         if record is not None:
             record.image_sent = time.time()
@@ -168,6 +176,26 @@ class _BenchHandler(_Handler):
             if 2 <= record.events <= record.tokens + 1:
                 record.times.append(time.time())  # just before the bytes are written
         super()._send_event(data)
+
+
+_render_image = offline_model.render_image
+
+
+def _noisy_render(prompt: str, width: int, height: int) -> bytes:
+    """The offline picture with 10 % noise, for bench prompts: a provider-sized PNG."""
+    png = _render_image(prompt, width, height)
+    if not IMAGE_MARKER_RE.fullmatch(prompt.strip()):
+        return png
+    from PIL import Image
+
+    base = Image.open(io.BytesIO(png)).convert("RGB")
+    noise = Image.frombytes("RGB", base.size, random.Random(prompt).randbytes(3 * width * height))
+    buffer = io.BytesIO()
+    Image.blend(base, noise, 0.1).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+offline_model.render_image = _noisy_render  # this process only: the fake's own renderer
 
 
 class BenchModelServer(OfflineModelServer):

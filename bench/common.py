@@ -114,6 +114,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent not idle since boot (/proc/stat), in seconds."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICKS
+
+
 def cpu_seconds_total(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 

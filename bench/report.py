@@ -57,7 +57,7 @@ def crowd_table(rows: list[dict[str, Any]]) -> str:
             "pinned",
             "streams (+ followers)",
             "sends",
-            "load avg 1m",
+            "load avg 1m; others' CPU % of a core",
             "e2e added TTFT p50 / p99 ms",
             "send → accepted p50 / p99 ms",
             "added delay per token p50 / p99 / max ms",
@@ -75,7 +75,7 @@ def crowd_table(rows: list[dict[str, Any]]) -> str:
                 f"{r['streams']}" + (f" (+{r['followers']})" if r.get("followers") else ""),
                 ("at once" if not r.get("ramp") else f"over {r['ramp']:g} s")
                 + f", {r['conversations']} chats",
-                r.get("load_average_1m"),
+                f"{r.get('load_average_1m')}; {r.get('others_cpu_pct_of_core', '?')}",
                 f"{r['e2e_ttft_p50_ms']} / {r['e2e_ttft_p99_ms']}",
                 f"{r['accepted_p50_ms']} / {r['accepted_p99_ms']}",
                 f"{r['token_p50_ms']} / {r['token_p99_ms']} / {r['token_max_ms']}",

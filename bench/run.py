@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.common import CpuMeter, cpu_seconds_total, percentile, rss_kib
+from bench.common import CpuMeter, cpu_seconds_total, machine_busy_seconds, percentile, rss_kib
 from bench.stack import Stack
 
 CONFIGS = {
@@ -156,6 +156,8 @@ async def crowd(
         stack.probes(reset=True, process=index)
     meter = _meter(stack)
     cpu_start, wall_start = cpu_seconds_total(pids), time.monotonic()
+    ours = [*pids, stack.fake.pid if stack.fake else os.getpid(), os.getpid()]
+    ours_start, busy_start = cpu_seconds_total(ours), machine_busy_seconds()
     load_average = _load_average()
     tasks = [asyncio.ensure_future(client(ws, i)) for i, ws in enumerate(senders)]
     tasks += [
@@ -168,6 +170,8 @@ async def crowd(
         results = await asyncio.gather(*tasks)
     cpu_used = cpu_seconds_total(pids) - cpu_start
     wall = time.monotonic() - wall_start
+    busy = machine_busy_seconds() - busy_start
+    others = busy - (cpu_seconds_total(ours) - ours_start)
     cpu = meter.read()
     for task in peak_tasks:
         task.cancel()
@@ -187,6 +191,10 @@ async def crowd(
         upstream_ttft_ms=round(1000 * upstream_ttft),
         pinned=stack.pin,
         load_average_1m=load_average,
+        # Both cores' busy time during the run, and the part that was not daphne,
+        # the fake or this client (PostgreSQL and Redis count here: shared services).
+        machine_busy_pct=round(100 * busy / wall / (os.cpu_count() or 1)),
+        others_cpu_pct_of_core=round(100 * others / wall),
         cpu=cpu,
         daphne_cpu_s=round(cpu_used, 2),
         wall_s=round(wall, 2),

@@ -540,8 +540,10 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
         pin=args.pin,
         extra_env=extra,
         keep=args.keep,
-        pg_db=args.pg_db,
-        redis_url=args.redis_url,
+        # bench.whatif builds its own Namespace without these.
+        pg_db=getattr(args, "pg_db", None) or os.environ.get("BENCH_PG_DB", "chatimg_bench"),
+        redis_url=getattr(args, "redis_url", None)
+        or os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7"),
     ) as stack:
         out["label"] = stack.label() + (f" + patches {args.patches}" if args.patches else "")
         print(f"== {stack.label()}  (work dir {stack.workdir})", flush=True)

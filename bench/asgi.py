@@ -43,7 +43,9 @@ from conversations import llm as app_llm
 APPLIED = patches.apply(os.environ.get("BENCH_PATCHES", ""))
 
 _lock = threading.Lock()
+_recent: list[str] = []  # the statements since the last reset (first 200, shortened)
 _kinds: Counter[str] = Counter()
+_sql_seconds = [0.0]  # time spent executing statements (driver + database), since reset
 _writes: Counter[str] = Counter()
 _TABLE_RE = re.compile(r'^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.IGNORECASE)
 WRITE_KINDS = {"INSERT", "UPDATE", "DELETE"}
@@ -53,10 +55,17 @@ def _count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any
     kind = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"
     with _lock:
         _kinds[kind] += 1
+        if len(_recent) < 200:
+            _recent.append(" ".join(sql.split())[:160])
         if kind in WRITE_KINDS:
             match = _TABLE_RE.match(sql)
             _writes[f"{kind} {match.group(1) if match else '?'}"] += 1
-    return execute(sql, params, many, context)
+    started = time.perf_counter()
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        with _lock:
+            _sql_seconds[0] += time.perf_counter() - started
 
 
 def _install(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -74,8 +83,12 @@ def snapshot(reset: bool = False) -> dict[str, Any]:
             "writes": dict(_writes),
             "write_total": sum(_kinds[k] for k in WRITE_KINDS),
             "patches": APPLIED,
+            "statements": list(_recent),
+            "sql_ms": round(1000 * _sql_seconds[0], 2),
         }
         if reset:
+            _sql_seconds[0] = 0.0
+            _recent.clear()
             _kinds.clear()
             _writes.clear()
     return data

@@ -112,6 +112,7 @@ def tables(report: dict[str, Any]) -> str:
                         "requests",
                         "SQL queries per request",
                         "p50 / p95 / max ms",
+                        "of which SQL p50 ms",
                         "page KiB",
                         "load avg 1m",
                     ],
@@ -124,6 +125,7 @@ def tables(report: dict[str, Any]) -> str:
                             if r["queries_min"] == r["queries_max"]
                             else f"{r['queries_min']}-{r['queries_max']}",
                             f"{r['p50_ms']} / {r['p95_ms']} / {r['max_ms']}",
+                            r.get("sql_p50_ms", "?"),
                             r["page_kib"],
                             r["load_average_1m"],
                         ]

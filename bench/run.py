@@ -216,7 +216,8 @@ def open_chat(stack: Stack, info: dict[str, Any], requests: int) -> dict[str, An
     import re
 
     url_path = f"/c/{info['conversation_id']}/"
-    times, queries, sizes = [], [], []
+    times, queries, sizes, sql_ms = [], [], [], []
+    statements: list[str] = []
     images = messages = 0
     load_average = _load_average()
     for index in range(requests + 1):
@@ -238,6 +239,8 @@ def open_chat(stack: Stack, info: dict[str, Any], requests: int) -> dict[str, An
             continue
         times.append(elapsed)
         queries.append(sum(counts["kinds"].values()))
+        sql_ms.append(counts.get("sql_ms", 0.0) / 1000)
+        statements = counts.get("statements", [])
         sizes.append(len(body))
 
     def ms(q: float) -> float:
@@ -254,7 +257,9 @@ def open_chat(stack: Stack, info: dict[str, Any], requests: int) -> dict[str, An
         "p50_ms": ms(50),
         "p95_ms": ms(95),
         "max_ms": ms(100),
+        "sql_p50_ms": round(1000 * percentile(sql_ms, 50), 1),
         "page_kib": round(sum(sizes) / len(sizes) / 1024, 1),
+        "statements": statements,  # the last request's, shortened
         "pinned": stack.pin,
         "load_average_1m": load_average,
     }
@@ -553,7 +558,14 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
         if "open" in scenarios:
             info = stack.prepare_long_chat(args.open_messages, args.open_images)
             stack.start_app()
+            spy = None
+            if args.profile_open:
+                assert stack.app is not None
+                path = Path(args.profile_dir) / f"pyspy-{name}-open.txt"
+                spy = _py_spy(stack.app.pid, args.open_requests * 0.3 + 2, path)
             out["open"] = open_chat(stack, info, args.open_requests)
+            if spy is not None:
+                spy.wait(120)
             _print_rows("open", [out["open"]])
         if "image" in scenarios:
             stack.start_app()
@@ -671,6 +683,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ttft-seconds", type=float, default=30.0)
     parser.add_argument("--ttft-tokens", type=int, default=100, help="answer length per turn")
     parser.add_argument("--profile-ttft", action="store_true", help="py-spy the ttft runs")
+    parser.add_argument("--profile-open", action="store_true", help="py-spy the open run")
     parser.add_argument("--memory-sockets", type=_ints, default=[1000, 2000])
     parser.add_argument("--pin", action="store_true", help="daphne on CPU 0, the rest on CPU 1")
     parser.add_argument("--profile", type=_ints, default=[], help="py-spy these sweep levels")

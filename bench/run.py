@@ -698,6 +698,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.pin:
         os.sched_setaffinity(0, {1})
     names = list(CONFIGS) if args.config == "all" else args.config.split(",")
+    if max(args.processes) > 1 and "crowd" in args.scenarios:
+        memory_layers = [n for n in names if CONFIGS[n][1] != "redis"]
+        if memory_layers:
+            parser.error(f"--processes 2 needs the Redis layer, not {', '.join(memory_layers)}")
     report = {
         "machine": machine(),
         "args": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()},

@@ -84,7 +84,11 @@ DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     try:
         DATABASES = {
-            "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+            # No health check: channels marks every trip to a database thread as
+            # a new request, so a check was a SELECT 1 before every turn start's
+            # queries (bench/). A connection that broke is dropped after its
+            # error (close_if_unusable_or_obsolete) and the next trip reconnects.
+            "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)
         }
     except (ValueError, dj_database_url.ParseError, dj_database_url.UnknownSchemeError) as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from None
@@ -273,6 +277,9 @@ MAX_TOOL_CALLS_PER_TURN = env_int("CHATIMG_MAX_TOOL_CALLS", 4, minimum=0)
 # tool calls although none were offered once made 780 in one answer).
 MAX_MODEL_ROUNDS = env_int("CHATIMG_MAX_MODEL_ROUNDS", MAX_TOOL_CALLS_PER_TURN + 2, minimum=1)
 MAX_MESSAGE_CHARS = env_int("CHATIMG_MAX_MESSAGE_CHARS", 8000, minimum=1)
+# Threads (each with its own database connection) for the database work of turn
+# starts and ends (conversations/dbpool.py).
+DB_THREADS = env_int("CHATIMG_DB_THREADS", 4, minimum=1)
 MAX_FRAME_BYTES = env_int("CHATIMG_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
 HISTORY_MESSAGES = env_int("CHATIMG_HISTORY_MESSAGES", 40, minimum=2)
 MESSAGES_PER_MINUTE = env_int("CHATIMG_MESSAGES_PER_MINUTE", 20, minimum=1)

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import logging
 import random
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,9 +20,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.cache import cache
 
-from conversations import access, frames, protocol, runtime
+from conversations import access, frames, limits, protocol, runtime
 from conversations.models import (
     Conversation,
     Message,
@@ -98,7 +96,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # message_id -> how many characters of it this client has.
         self.offsets: dict[int, int] = {}
         self.resyncing: set[int] = set()
-        self.window_start, self.window_frames = time.monotonic(), 0
+        self.frame_window = limits.FrameWindow()
         await self.send(
             protocol.session_ready(
                 self.user.get_username(), {"max_message_chars": settings.MAX_MESSAGE_CHARS}
@@ -115,16 +113,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self.user.is_authenticated or self.access_ended:
             return
         try:
-            self._count_frame()
+            self.frame_window.count()
             payload = self._parse(text_data, bytes_data)
             handler = self.handlers.get(payload["type"])
             if handler is None:
                 raise ProtocolError("unknown_type", f"Unknown frame type {payload['type']!r}.")
             await handler(self, payload)
-        except ProtocolError as exc:
-            await self._send_error(exc.code, exc.message, ref=self._ref(text_data))
         except access.AccessEnded as exc:
             await self._end_access(exc.message)
+        except protocol.ChatimgError as exc:
+            await self._send_error(exc.code, exc.message, ref=self._ref(text_data))
         except Exception:
             # Nothing a client sends may close its socket with 1011: a bug
             # (logged with its traceback) is a typed error, and the socket lives.
@@ -134,32 +132,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
 
     # --- frames from the client ------------------------------------------------
-
-    def _count_frame(self) -> None:
-        """A per-socket flood guard (fixed 10-second windows, in memory)."""
-        now = time.monotonic()
-        if now - self.window_start >= 10:
-            self.window_start, self.window_frames = now, 0
-        self.window_frames += 1
-        if self.window_frames > settings.FRAMES_PER_10_SECONDS:
-            raise ProtocolError("rate_limited", "Too many frames; slow down.")
-
-    def _count_message(self) -> None:
-        """Messages per user per minute, shared by all their sockets and processes.
-
-        Runs inside the trip to the ORM thread that opens the turn: Django's
-        async cache API would make trips of its own to that same thread.
-        """
-        window = int(time.time() // 60)
-        key = f"ratelimit:send:{self.user.pk}:{window}"
-        sent = 1 if cache.add(key, 1, timeout=65) else cache.incr(key)
-        if sent > settings.MESSAGES_PER_MINUTE:
-            retry_after = 60 - int(time.time()) % 60
-            raise ProtocolError(
-                "rate_limited",
-                f"You can send {settings.MESSAGES_PER_MINUTE} messages a minute; "
-                f"try again in {retry_after} s.",
-            )
 
     def _parse(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
         if text_data is None:
@@ -260,7 +232,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         answer, created), as Conversation.begin_turn does.
         """
         self.credentials.verify()  # a revoked credential starts nothing new
-        self._count_message()
+        limits.count_send(self.user.pk)
         fresh = False
         if conversation_id is not None:
             conversation = self._owned(conversation_id)
@@ -300,7 +272,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def _begin_regeneration(self, conversation_id: uuid.UUID) -> tuple[Conversation, int, Message]:
         self.credentials.verify()
         conversation = self._owned(conversation_id)
-        self._count_message()
+        limits.count_send(self.user.pk)
         return conversation, *conversation.begin_regeneration()
 
     async def on_continue(self, payload: dict[str, Any]) -> None:
@@ -324,7 +296,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def _begin_continuation(self, conversation_id: uuid.UUID) -> tuple[Conversation, Message]:
         conversation = self._owned(conversation_id)
-        self._count_message()
+        limits.count_send(self.user.pk)
         return conversation, conversation.begin_continuation()
 
     async def on_cancel(self, payload: dict[str, Any]) -> None:

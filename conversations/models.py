@@ -25,25 +25,76 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
+from conversations.protocol import ChatimgError
+
 log = logging.getLogger(__name__)
 
 
 INTERRUPTED_MESSAGE = "The server stopped while this answer was being written."
 
 
-class TurnInProgress(Exception):
+class TurnInProgress(ChatimgError):
     """The conversation already has an answer streaming."""
 
+    def __init__(self) -> None:
+        super().__init__("turn_in_progress", "Wait for the current answer to finish, or stop it.")
 
-class NothingToRegenerate(Exception):
+
+class NothingToRegenerate(ChatimgError):
     """The conversation does not end with an answer."""
 
+    def __init__(self) -> None:
+        super().__init__("nothing_to_regenerate", "There is no answer to redo.")
 
-class NothingToContinue(Exception):
+
+class NothingToContinue(ChatimgError):
     """The conversation does not end with an answer cut off by its length limit."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "nothing_to_continue", "The last answer was not cut off; there is nothing to add."
+        )
+
+
+class NotFound(ChatimgError):
+    """No such conversation for this user: the same answer for someone else's."""
+
+    def __init__(self) -> None:
+        super().__init__("not_found", "No such conversation.")
 
 
 class ConversationQuerySet(models.QuerySet):
+    def owned(self, user: Any, pk: uuid.UUID) -> Conversation:
+        """The user's conversation, or NotFound (for another user's too: nothing leaks)."""
+        conversation = self.filter(pk=pk, user=user).first()
+        if conversation is None:
+            raise NotFound
+        return conversation
+
+    def start_turn(
+        self, user: Any, conversation_id: uuid.UUID | None, client_message_id: str, text: str
+    ) -> tuple[Conversation, Message, Message, bool]:
+        """Store a question and open its answer: (conversation, question, answer, created).
+
+        A send without a conversation starts one (titled by the message),
+        unless it is a resend of such a send; see Conversation.begin_turn.
+        """
+        fresh = False
+        if conversation_id is not None:
+            conversation = self.owned(user, conversation_id)
+        else:
+            earlier = (
+                Message.objects.filter(conversation__user=user, client_message_id=client_message_id)
+                .select_related("conversation")
+                .first()
+            )
+            if earlier is not None:
+                conversation = earlier.conversation
+            else:
+                conversation = self.create(user=user, title=Conversation.title_from(text))
+                fresh = True
+        return conversation, *conversation.begin_turn(text, client_message_id, touch=not fresh)
+
     def page(
         self, cursor: tuple[Any, uuid.UUID] | None, size: int
     ) -> tuple[list[Conversation], tuple[Any, uuid.UUID] | None]:
@@ -103,6 +154,20 @@ class Conversation(models.Model):
             .order_by("-id")[: settings.HISTORY_MESSAGES]
         )
         return list(reversed(recent))
+
+    def latest_answer(self, message_id: int | None = None) -> Message | None:
+        """The answer a client catching up should get (images prefetched).
+
+        The client's `message_id` while it exists; once it was regenerated
+        (and so deleted) while the client was away, the latest answer.
+        """
+        answers = self.messages.filter(role=Message.Role.ASSISTANT).prefetch_related(
+            "tool_invocations__image"
+        )
+        latest = answers.order_by("-id").first()
+        if message_id is not None and latest is not None and latest.pk != message_id:
+            return answers.filter(pk=message_id).first() or latest
+        return latest
 
     def begin_turn(
         self, text: str, client_message_id: str, *, touch: bool = True

@@ -11,6 +11,7 @@ views, the checkpoints, the sweep) stays on channels' thread.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -55,10 +56,8 @@ def close() -> None:
     barrier = threading.Barrier(executor._max_workers)
 
     def close_here() -> None:
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait(timeout=5)
-        except threading.BrokenBarrierError:
-            pass
         connections.close_all()
 
     for _ in range(executor._max_workers):

@@ -169,6 +169,13 @@ class Conversation(models.Model):
             return answers.filter(pk=message_id).first() or latest
         return latest
 
+    def catch_up(self, message_id: int | None) -> tuple[Message | None, str]:
+        """The answer to catch a client up on and, once it is final, its HTML (one trip)."""
+        latest = self.latest_answer(message_id)
+        if latest is None or latest.status == Message.Status.STREAMING:
+            return latest, ""
+        return latest, latest.body_html()
+
     def begin_turn(
         self, text: str, client_message_id: str, *, touch: bool = True
     ) -> tuple[Message, Message, bool]:

@@ -25,7 +25,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations import images, llm, protocol
+from conversations import dbpool, images, llm, protocol
 from conversations.coalescer import Coalescer
 from conversations.models import INTERRUPTED_MESSAGE, Conversation, Message, ToolInvocation
 
@@ -134,7 +134,7 @@ class Turn:
         none were offered are not run (a server that does that once made 780
         requests in one answer).
         """
-        messages = await database_sync_to_async(self._load_context)()
+        messages = await dbpool.run(self._load_context)()
         if self.context.continuation:
             self.stream = Coalescer(self.stream.window, self._publish_delta, self.resume_from)
         await self._publish(protocol.assistant_started(*self._ids()))
@@ -328,7 +328,7 @@ class Turn:
         await self.stream.settle()
         truncated = self.truncated and status == Message.Status.COMPLETE
         code, message = (error.code, error.message) if error else ("", "")
-        html = await database_sync_to_async(self._save_final)(status, code, message, truncated)
+        html = await dbpool.run(self._save_final)(status, code, message, truncated)
         self.wants_title = (
             status == Message.Status.COMPLETE and self.first_exchange and settings.LLM_TITLES
         )

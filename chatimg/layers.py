@@ -48,7 +48,7 @@ class FastInMemoryChannelLayer(InMemoryChannelLayer):
         super()._clean_expired()
 
     def _queue(self, channel: str) -> asyncio.Queue[tuple[float, dict[str, Any]]]:
-        queue = self.channels.get(channel)
+        queue: asyncio.Queue[tuple[float, dict[str, Any]]] | None = self.channels.get(channel)
         if queue is None:
             queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
         return queue
@@ -109,7 +109,7 @@ class RedisPubSubChannelLayer(pubsub.RedisPubSubChannelLayer):
     def _get_layer(self) -> _LoopLayer:
         # As channels-redis does, with our loop layer.
         loop = asyncio.get_running_loop()
-        layer = self._layers.get(loop)
+        layer: _LoopLayer | None = self._layers.get(loop)
         if layer is None:
             layer = self._layers[loop] = _LoopLayer(*self._args, **self._kwargs, channel_layer=self)
             _wrap_close(self, loop)

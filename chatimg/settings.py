@@ -9,6 +9,7 @@ every one of them.
 import ipaddress
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import django
@@ -162,7 +163,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 S3_BUCKET = env_str("S3_BUCKET")
 S3_PRESIGN_SECONDS = env_int("S3_PRESIGN_SECONDS", 300, minimum=10)
 if S3_BUCKET:
-    _default_storage = {
+    _default_storage: dict[str, Any] = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
             "bucket_name": S3_BUCKET,

@@ -88,7 +88,8 @@ class Credentials:
                 self.session_key
             )
         if "token" in event:
-            return self.token_id == event["token"]
+            token: object = event["token"]
+            return self.token_id == token
         return True  # the whole account
 
     def verify(self) -> None:

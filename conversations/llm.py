@@ -17,9 +17,9 @@ import logging
 import re
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import httpx2
 import openai
@@ -27,6 +27,9 @@ from django.conf import settings
 
 from conversations.models import Message, ToolInvocation
 from conversations.protocol import ChatimgError
+
+if TYPE_CHECKING:
+    from conversations.offline_model import OfflineModelServer
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +145,7 @@ def tool_result_message(call_id: str, result: dict[str, Any]) -> dict[str, Any]:
 # --- the offline model ------------------------------------------------------------
 
 _offline_lock = threading.Lock()
-_offline_server: Any = None
+_offline_server: OfflineModelServer | None = None
 
 
 def offline_base_url() -> str:
@@ -168,7 +171,9 @@ def _endpoint(images: bool) -> tuple[str, str | None]:
 
 # An AsyncOpenAI client holds a connection pool bound to the event loop that
 # created it, so keep one per loop (and per endpoint, which tests change).
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, openai.AsyncOpenAI]]
+_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[object, ...], openai.AsyncOpenAI]
+]
 _clients = weakref.WeakKeyDictionary()
 
 
@@ -254,13 +259,20 @@ def _llm_error(exc: Exception) -> LLMError:
     return LLMError("upstream_error", "The model's answer could not be read.")
 
 
-def _token_limit(limit: int) -> dict[str, int]:
+class TokenLimit(TypedDict, total=False):
+    max_tokens: int
+    max_completion_tokens: int
+
+
+def _token_limit(limit: int) -> TokenLimit:
     """`max_tokens`, or `max_completion_tokens` for the models that refuse the former."""
     name = settings.MAX_TOKENS_PARAM
     if name == "auto":
         reasoning = settings.CHAT_MODEL.startswith(("o1", "o3", "o4", "gpt-5"))
         name = "max_completion_tokens" if reasoning else "max_tokens"
-    return {name: limit}
+    if name == "max_completion_tokens":
+        return {"max_completion_tokens": limit}
+    return {"max_tokens": limit}
 
 
 async def stream_chat(
@@ -328,7 +340,7 @@ class _PartialCall:
         self.arguments += str(function.get("arguments") or "")
 
 
-async def read_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
+async def read_stream(chunks: AsyncIterator[bytes]) -> AsyncGenerator[StreamEvent, None]:
     """A chat-completions SSE body, as TextDelta / ToolCallRequest / StreamEnd events.
 
     Takes what real servers send, not only what OpenAI sends: ids and names
@@ -438,7 +450,7 @@ def _partial_call(
     return call
 
 
-async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
     """The payloads of an SSE stream's `data:` lines, as bytes (json.loads takes them).
 
     Lines are split here rather than with the SDK's iter_lines, which decodes

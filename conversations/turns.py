@@ -222,8 +222,9 @@ class Turn:
         ]
 
     async def _run_tool(self, call: llm.ToolCallRequest, *, allowed: bool) -> dict[str, Any]:
+        request: images.ImageRequest | None
         try:
-            request: images.ImageRequest | None = images.parse_arguments(call.arguments)
+            request = images.parse_arguments(call.arguments)
             arguments, parse_error = request.arguments(), None
         except images.ToolError as exc:
             request, arguments, parse_error = None, {"raw": call.arguments[:1000]}, exc
@@ -264,7 +265,8 @@ class Turn:
             await self._publish(
                 protocol.tool_failed(*self._ids(), **ids, code=exc.code, message=exc.message)
             )
-            return invocation.result
+            failed: dict[str, Any] = invocation.result  # a JSONField: Any to the checker
+            return failed
         result: dict[str, Any] = {
             "status": "ok",
             "image_id": str(image.id),
@@ -383,8 +385,7 @@ class Turn:
         # Tool calls cut short by a cancel must not look as if they still run.
         for invocation in message.tool_invocations.filter(status=ToolInvocation.Status.RUNNING):
             invocation.fail("The answer was stopped before the image was finished.")
-        return (
-            Message.objects.prefetch_related("tool_invocations__image")
-            .get(pk=message.pk)
-            .body_html()
+        final: Message = Message.objects.prefetch_related("tool_invocations__image").get(
+            pk=message.pk
         )
+        return final.body_html()

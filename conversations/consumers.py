@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib.auth.models import User
 
 from chatimg.layers import FastDispatchConsumer
 from conversations import access, dbpool, frames, limits, protocol, runtime
@@ -29,9 +30,10 @@ R = TypeVar("R")
 class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
     # Events of a turn never touch the database: no hop to the ORM thread first.
     FAST = frozenset({"chat.delta", "chat.event"})
+    user: User  # set at connect; a socket that is not logged in is closed there
 
     async def connect(self) -> None:
-        self.user = self.scope.get("user")
+        self.user = self.scope.get("user")  # type: ignore[assignment]
         # Accept first so the client gets a close code it can act on; closing
         # during the handshake would only show up as an HTTP 403.
         await self.accept()
@@ -150,7 +152,9 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         await self.send(protocol.pong(frame.id))
 
     async def _owned(self, conversation_id: uuid.UUID) -> Conversation:
-        return await database_sync_to_async(Conversation.objects.owned)(self.user, conversation_id)
+        owned = database_sync_to_async(Conversation.objects.owned)
+        conversation: Conversation = await owned(self.user, conversation_id)
+        return conversation
 
     # --- following a conversation ---------------------------------------------
 

@@ -184,7 +184,7 @@ def image(request: AuthenticatedHttpRequest, image_id: uuid.UUID) -> HttpRespons
         return response
     content_type = "image/jpeg" if picture.format == "jpg" else f"image/{picture.format}"
     response = FileResponse(
-        default_storage.open(picture.file.name),
+        default_storage.open(str(picture.file.name)),
         content_type=content_type,
         as_attachment=download,
         filename=filename,

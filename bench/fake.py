@@ -1,4 +1,4 @@
-"""The OpenAI fake for benchmarks: ``conversations.offline_model`` plus timestamps.
+"""The OpenAI fake for benchmarks: ``offline_model`` plus timestamps.
 
 Run it in its own process (so it takes no CPU from the measured daphne's GIL):
 
@@ -37,16 +37,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import offline_model.images
 from bench.common import IMAGE_MARKER_RE, MARKER_RE, reply_tokens
-from conversations import offline_model
-from conversations.offline_model import (
-    OfflineModelServer,
-    Reply,
-    ToolCall,
-    _Handler,
-    _HTTPServer,
-    _text_of,
-)
+from offline_model import OfflineModelServer, Reply, ToolCall
+from offline_model.planner import _text_of
+from offline_model.server import _Handler, _HTTPServer
 
 _local = threading.local()
 
@@ -178,7 +173,7 @@ class _BenchHandler(_Handler):
         super()._send_event(data)
 
 
-_render_image = offline_model.render_image
+_render_image = offline_model.images.render_image
 
 
 def _noisy_render(prompt: str, width: int, height: int) -> bytes:
@@ -195,7 +190,7 @@ def _noisy_render(prompt: str, width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-offline_model.render_image = _noisy_render  # this process only: the fake's own renderer
+offline_model.images.render_image = _noisy_render  # this process only: the fake's own renderer
 
 
 class BenchModelServer(OfflineModelServer):

@@ -22,7 +22,7 @@ import openai
 import pytest
 from PIL import Image
 
-from conversations.offline_model import (
+from offline_model import (
     Fail,
     Hang,
     ImageReply,
@@ -490,7 +490,7 @@ async def test_models_are_listed(client: openai.AsyncOpenAI) -> None:
 
 def test_the_cli_serves_until_it_is_told_to_stop() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "conversations.offline_model", "--port", "0"],
+        [sys.executable, "-m", "offline_model", "--port", "0"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,

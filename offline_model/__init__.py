@@ -13,13 +13,27 @@ the package is importable before (or without) settings.
 
 Unscripted behaviour is deterministic: the same messages always produce the same reply and
 the same prompt always produces the same PNG bytes. Tests and benchmarks can queue scripted
-responses (``Reply``, ``Fail``, ``Hang``, ``ImageReply``) that are consumed one per request.
+responses (``Reply``, ``Fail``, ``Hang``, ``ImageReply``) that are consumed one per request,
+and serve with a ``Handler`` subclass whose hooks they override (``offline_model.handler``
+lists them; bench/fake.py is the worked example).
+
+Modules, one job each: ``scripting`` (the vocabulary above), ``planner`` (the unscripted
+reply), ``drawing`` (the PNGs), ``responses`` (HTTP and SSE writing), ``chat`` and
+``images`` (the two endpoints), ``handler`` (routing and the hooks), ``server``
+(``OfflineModelServer``), ``__main__`` (the command line).
 """
 
 from offline_model.chat import CHAT_MODEL
 from offline_model.drawing import IMAGE_SIZES, parse_size, render_image
+from offline_model.handler import Handler
 from offline_model.images import IMAGE_MODEL
-from offline_model.planner import picture_subject, plan_chat, tokenize, wants_picture
+from offline_model.planner import (
+    last_user_text,
+    picture_subject,
+    plan_chat,
+    tokenize,
+    wants_picture,
+)
 from offline_model.scripting import (
     ChatScript,
     Fail,
@@ -38,6 +52,7 @@ __all__ = [
     "IMAGE_SIZES",
     "ChatScript",
     "Fail",
+    "Handler",
     "Hang",
     "ImageReply",
     "ImageScript",
@@ -45,6 +60,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "ToolCall",
+    "last_user_text",
     "parse_size",
     "picture_subject",
     "plan_chat",

@@ -12,7 +12,6 @@ import io
 import math
 import random
 import re
-from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -30,6 +29,7 @@ IMAGE_SIZES: dict[str, tuple[int, int]] = {
 DEFAULT_IMAGE_SIZE = "1024x1024"
 
 RGB = tuple[int, int, int]
+_Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 def _squash(text: str) -> str:
@@ -134,12 +134,12 @@ def _gradient(stops: list[RGB], width: int, height: int) -> Image.Image:
 
 
 @functools.lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def _font(size: int) -> _Font:
     # Pillow >= 10.1 ships a scalable default font (needs FreeType, which wheels include).
     return ImageFont.load_default(size=size)
 
 
-def _wrap(text: str, font: Any, max_width: float, max_lines: int) -> list[str]:
+def _wrap(text: str, font: _Font, max_width: float, max_lines: int) -> list[str]:
     lines: list[str] = []
     current = ""
     for word in text.split():
@@ -215,7 +215,7 @@ def render_image(prompt: str, width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def parse_size(size: Any) -> tuple[int, int]:
+def parse_size(size: object) -> tuple[int, int]:
     """Map an OpenAI ``size`` value to pixels; raises ValueError for unsupported sizes."""
     if size is None:
         return IMAGE_SIZES[DEFAULT_IMAGE_SIZE]

@@ -40,7 +40,7 @@ _EXAMPLE_PROMPTS = (
 )
 
 
-def _text_of(content: Any) -> str:
+def _text_of(content: object) -> str:
     """Flatten message ``content``, which may be a string or a list of content parts."""
     if isinstance(content, str):
         return content
@@ -51,6 +51,14 @@ def _text_of(content: Any) -> str:
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         ]
         return " ".join(p for p in parts if p)
+    return ""
+
+
+def last_user_text(messages: list[Any]) -> str:
+    """The text of the last ``user`` message ("" when there is none)."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text_of(message.get("content"))
     return ""
 
 
@@ -102,11 +110,7 @@ def _follow_up(tool_content: str) -> str:
 
 
 def _default_reply(messages: list[Any]) -> str:
-    user_text = ""
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            user_text = _text_of(message.get("content"))
-            break
+    user_text = last_user_text(messages)
     digest = hashlib.sha256(user_text.encode()).digest()
     example = _EXAMPLE_PROMPTS[digest[0] % len(_EXAMPLE_PROMPTS)]
     if not user_text.strip():
@@ -134,11 +138,7 @@ def plan_chat(body: dict[str, Any]) -> Reply:
                 break
             results.append(_follow_up(_text_of(message.get("content"))))
         return Reply(text=" ".join(reversed(results)))
-    user_text = ""
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            user_text = _text_of(message.get("content"))
-            break
+    user_text = last_user_text(messages)
     if user_text and wants_picture(user_text) and _offers_tool(body, "generate_image"):
         subject = picture_subject(user_text)
         return Reply(

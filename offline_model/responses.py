@@ -11,21 +11,45 @@ from typing import TYPE_CHECKING, Any
 from offline_model.scripting import Fail, Hang
 
 if TYPE_CHECKING:
-    from offline_model.server import _HTTPServer
+    from offline_model.server import ModelHTTPServer, OfflineModelServer
 
 
 class _StreamCut(Exception):
     """Raised inside a handler to abandon a response mid-way (scripted ``cut_after``)."""
 
 
-class _Responder(BaseHTTPRequestHandler):
+class Responder(BaseHTTPRequestHandler):
+    """The base of ``Handler``: writes responses, and owns two of its hooks.
+
+    Hooks (override in a ``Handler`` subclass): ``pause`` (how a response waits) and
+    ``before_event`` (called just before each SSE event is written).
+    """
+
     protocol_version = "HTTP/1.1"
     server_version = "OfflineModel/1.0"
     sys_version = ""
-    server: _HTTPServer
+    server: ModelHTTPServer
+
+    @property
+    def model(self) -> OfflineModelServer:
+        """The ``OfflineModelServer`` this request arrived at (scripts, recordings, files)."""
+        return self.server.model
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging; tests and benchmarks would drown in it."""
+
+    # -- hooks --------------------------------------------------------------------------
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` within this response (delays, token pacing, hangs).
+
+        The default is the server's ``sleep``, cut short by ``stop()``; bench/fake.py
+        paces on an absolute schedule instead.
+        """
+        self.model.sleep(seconds)
+
+    def before_event(self, data: str) -> None:
+        """Called just before each SSE event's bytes are written; ``data`` is its payload."""
 
     # -- request / response helpers -----------------------------------------------------
 
@@ -46,7 +70,9 @@ class _Responder(BaseHTTPRequestHandler):
         self.wfile.write(content)
         self.wfile.flush()
 
-    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+    def send_json(
+        self, status: int, payload: object, headers: dict[str, str] | None = None
+    ) -> None:
         self._send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
 
     def _send_error(
@@ -59,17 +85,17 @@ class _Responder(BaseHTTPRequestHandler):
         headers: dict[str, str] | None = None,
     ) -> None:
         error = {"message": message, "type": type_, "code": code, "param": param}
-        self._send_json(status, {"error": error}, headers)
+        self.send_json(status, {"error": error}, headers)
 
     def _send_fail(self, fail: Fail) -> None:
-        self.server.model._sleep(fail.delay)
+        self.pause(fail.delay)
         headers = {}
         if fail.retry_after is not None:
             headers["retry-after"] = f"{fail.retry_after:g}"
         self._send_error(fail.status, fail.message, fail.type, fail.code, headers=headers)
 
     def _hang(self, hang: Hang) -> None:
-        self.server.model._sleep(hang.seconds)
+        self.pause(hang.seconds)
         self.close_connection = True
 
     # SSE is sent with chunked transfer-encoding. With a close-delimited body a dropped
@@ -88,6 +114,7 @@ class _Responder(BaseHTTPRequestHandler):
     framing = "lf"
 
     def _send_event(self, data: str) -> None:
+        self.before_event(data)
         if self.framing != "crlf-split":
             payload = f"data: {data}\n\n".encode()
             self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
@@ -98,7 +125,7 @@ class _Responder(BaseHTTPRequestHandler):
         cut = wide.start() + 1 if wide else len(payload) // 2
         for index, part in enumerate((payload[:cut], payload[cut:])):
             if index:
-                self.server.model._sleep(0.002)  # the halves arrive in separate reads
+                self.pause(0.002)  # the halves arrive in separate reads
             self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.flush()
 

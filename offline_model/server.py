@@ -1,8 +1,7 @@
-"""The offline model's HTTP server: routing, and ``OfflineModelServer`` on a daemon thread."""
+"""``OfflineModelServer``: the offline model on a daemon thread, with its scripts and records."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import socketserver
 import threading
@@ -11,20 +10,29 @@ from http.server import ThreadingHTTPServer
 from types import TracebackType
 from typing import Self
 
-from offline_model.chat import CHAT_MODEL, _ChatHandler
-from offline_model.images import IMAGE_MODEL, _ImagesHandler
-from offline_model.responses import _StreamCut
+from offline_model.handler import Handler
 from offline_model.scripting import ChatScript, ImageScript, RecordedRequest
 
 # URL-format images are kept in memory; cap them so a long benchmark run can't grow forever.
 _MAX_STORED_FILES = 256
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class ModelHTTPServer(ThreadingHTTPServer):
+    """The stdlib threading server, bound to its ``OfflineModelServer``."""
+
     daemon_threads = True
-    # Benchmarks open many connections at once; the default backlog of 5 drops SYNs.
-    request_queue_size = 128
-    model: OfflineModelServer
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[Handler],
+        model: OfflineModelServer,
+        backlog: int,
+    ) -> None:
+        self.model = model
+        # Set before the base class binds and listens: listen() reads it.
+        self.request_queue_size = backlog
+        super().__init__(address, handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse-DNS lookup that can stall
@@ -34,78 +42,15 @@ class _HTTPServer(ThreadingHTTPServer):
         self.server_name, self.server_port = str(host), int(port)
 
 
-class _Handler(_ChatHandler, _ImagesHandler):
-    """Routes each request to its endpoint; answers the small GET routes itself."""
-
-    # -- entry points -------------------------------------------------------------------
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def _dispatch(self, method: str) -> None:
-        try:
-            self._route(method)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, _StreamCut):
-            # The client went away (or we cut the stream on purpose): nothing to report.
-            self.close_connection = True
-
-    def _route(self, method: str) -> None:
-        model = self.server.model
-        path, _, query = self.path.partition("?")
-        raw = self._read_body() if method == "POST" else b""
-        try:
-            parsed = json.loads(raw) if raw else None
-        except ValueError:
-            parsed = None
-        body = parsed if isinstance(parsed, dict) else None
-        headers = {key.lower(): value for key, value in self.headers.items()}
-        model._record(RecordedRequest(method, path, headers, body, query))
-
-        # Any prefix: /v1/… as OpenAI, /openai/deployments/<name>/… as Azure's
-        # api-version endpoints.
-        if method == "POST" and path.endswith("/chat/completions"):
-            self._chat(body, raw)
-        elif method == "POST" and path.endswith("/images/generations"):
-            self._images(body, raw)
-        elif method == "GET" and path == "/v1/models":
-            data = [
-                {"id": name, "object": "model", "created": 0, "owned_by": "offline"}
-                for name in (CHAT_MODEL, IMAGE_MODEL)
-            ]
-            self._send_json(200, {"object": "list", "data": data})
-        elif method == "GET" and path.startswith("/files/"):
-            content = model._file(path.removeprefix("/files/"))
-            if content is None:
-                self._send_error(404, "No such file.", "invalid_request_error", "not_found")
-            else:
-                self._send_bytes(200, content, "image/png")
-        else:
-            self._send_error(
-                404,
-                f"Unknown request URL: {method} {path}.",
-                "invalid_request_error",
-                "unknown_url",
-            )
-
-
-# --------------------------------------------------------------------------------------
-# The server object
-# --------------------------------------------------------------------------------------
-
-
 class OfflineModelServer:
     """An OpenAI-compatible server on a background daemon thread.
 
     >>> with OfflineModelServer() as server:                      # doctest: +SKIP
     ...     client = openai.OpenAI(base_url=server.base_url, api_key="offline")
-    """
 
-    # Subclasses (bench/fake.py) swap in a handler that records more.
-    server_class: type[_HTTPServer] = _HTTPServer
-    handler_class: type[_Handler] = _Handler
+    ``handler`` serves with a ``Handler`` subclass (see ``offline_model.handler`` for its
+    hooks); ``backlog`` is the listen queue (benchmarks open hundreds of streams at once).
+    """
 
     def __init__(
         self,
@@ -114,18 +59,23 @@ class OfflineModelServer:
         *,
         token_delay: float = 0.0,
         first_token_delay: float = 0.0,
+        handler: type[Handler] = Handler,
+        backlog: int = 128,
     ) -> None:
         self.host = host
         self.port = port
         self.token_delay = token_delay
         self.first_token_delay = first_token_delay
+        self.handler = handler
+        # Benchmarks open many connections at once; the default backlog of 5 drops SYNs.
+        self.backlog = backlog
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._chat_script: deque[ChatScript] = deque()
         self._image_script: deque[ImageScript] = deque()
         self._files: OrderedDict[str, bytes] = OrderedDict()
         self._stopping = threading.Event()
-        self._httpd: _HTTPServer | None = None
+        self._httpd: ModelHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -135,8 +85,7 @@ class OfflineModelServer:
         if self._httpd is not None:
             return self
         self._stopping = threading.Event()
-        httpd = self.server_class((self.host, self.port), self.handler_class)
-        httpd.model = self
+        httpd = ModelHTTPServer((self.host, self.port), self.handler, self, self.backlog)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -214,21 +163,22 @@ class OfflineModelServer:
     def image_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/images/generations")]
 
-    # -- used by the handler ------------------------------------------------------------
+    # -- used by the handler (and by Handler subclasses) ------------------------------------
 
-    def _record(self, request: RecordedRequest) -> None:
+    def record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
 
-    def _next_chat(self) -> ChatScript | None:
+    def next_chat_script(self) -> ChatScript | None:
         with self._lock:
             return self._chat_script.popleft() if self._chat_script else None
 
-    def _next_image(self) -> ImageScript | None:
+    def next_image_script(self) -> ImageScript | None:
         with self._lock:
             return self._image_script.popleft() if self._image_script else None
 
-    def _store_file(self, content: bytes) -> str:
+    def store_file(self, content: bytes) -> str:
+        """Keep a PNG for ``GET /files/<name>`` and return its name (the oldest go first)."""
         name = f"{secrets.token_hex(16)}.png"
         with self._lock:
             self._files[name] = content
@@ -236,11 +186,12 @@ class OfflineModelServer:
                 self._files.popitem(last=False)
         return name
 
-    def _file(self, name: str) -> bytes | None:
+    def stored_file(self, name: str) -> bytes | None:
         with self._lock:
             return self._files.get(name)
 
-    def _sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the server stops meanwhile."""
         # Like time.sleep (each request has its own thread) but cut short by stop(), so a
         # Hang(60) in a test doesn't keep a thread alive after the server is gone.
         if seconds > 0:

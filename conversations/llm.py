@@ -153,7 +153,7 @@ def offline_base_url() -> str:
     global _offline_server
     with _offline_lock:
         if _offline_server is None:
-            from conversations.offline_model import OfflineModelServer
+            from offline_model import OfflineModelServer
 
             _offline_server = OfflineModelServer(
                 token_delay=settings.OFFLINE_TOKEN_DELAY_MS / 1000

@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from conversations.offline_model import OfflineModelServer
+from offline_model import OfflineModelServer
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from conversations.models import (
     Message,
     ToolInvocation,
 )
-from conversations.offline_model import Reply, ToolCall
+from offline_model import Reply, ToolCall
 from tests.conftest import bucket_keys
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -207,7 +207,7 @@ async def test_the_daily_quota_stops_images_but_not_the_answer(
 async def test_staff_are_exempt_and_failed_images_give_their_quota_back(
     make_user: Any, connect: Any, fake_openai: Any, settings: Any, local_storage: Any
 ) -> None:
-    from conversations.offline_model import Fail
+    from offline_model import Fail
 
     settings.IMAGES_PER_DAY = 1
     user = await database_sync_to_async(make_user)("alice")

@@ -16,7 +16,7 @@ from channels.db import database_sync_to_async
 
 from conversations import llm
 from conversations.models import Conversation, GeneratedImage, Message
-from conversations.offline_model import Fail, ImageReply, Reply, ToolCall
+from offline_model import Fail, ImageReply, Reply, ToolCall
 from tests.conftest import text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)

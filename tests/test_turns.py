@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from conversations import runtime
 from conversations.models import ApiToken, Conversation, Message, ToolInvocation
-from conversations.offline_model import Fail, Hang, Reply, ToolCall
+from offline_model import Fail, Hang, Reply, ToolCall
 from tests.conftest import ChatSocket, open_socket, text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -29,7 +29,7 @@ from conversations.models import Message, ToolInvocation
 from conversations.protocol import ChatimgError
 
 if TYPE_CHECKING:
-    from conversations.offline_model import OfflineModelServer
+    from offline_model import OfflineModelServer
 
 log = logging.getLogger(__name__)
 

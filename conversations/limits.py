@@ -18,6 +18,11 @@ from django.core.cache import BaseCache, caches
 from conversations.protocol import ChatimgError
 
 
+def now() -> float:
+    """The clock of the send windows (a function, so that a test can hold it still)."""
+    return time.time()
+
+
 class RateLimited(ChatimgError):
     def __init__(self, message: str) -> None:
         super().__init__("rate_limited", message)
@@ -37,12 +42,13 @@ def _counters() -> BaseCache:
 
 def count_send(user_id: Any) -> None:
     """Count one message (or regenerate, or continue); RateLimited past the limit."""
-    window = int(time.time() // 60)
+    at = now()
+    window = int(at // 60)
     key = f"ratelimit:send:{user_id}:{window}"
     counters = _counters()
     sent = 1 if counters.add(key, 1, timeout=65) else counters.incr(key)
     if sent > settings.MESSAGES_PER_MINUTE:
-        retry_after = 60 - int(time.time()) % 60
+        retry_after = 60 - int(at) % 60
         raise RateLimited(
             f"You can send {settings.MESSAGES_PER_MINUTE} messages a minute; "
             f"try again in {retry_after} s."

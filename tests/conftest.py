@@ -233,6 +233,9 @@ def close_orm_thread_connections(django_db_setup: Any, django_db_blocker: Any) -
     from channels.db import database_sync_to_async
     from django.db import connections
 
+    from conversations import dbpool
+
     # From a fresh loop with no sync caller, this runs on that same ORM thread.
     with django_db_blocker.unblock():
         asyncio.run(database_sync_to_async(connections.close_all)())
+        dbpool.close()  # and every thread of the turn-start pool closes its own

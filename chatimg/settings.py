@@ -108,6 +108,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Channels and cache ---------------------------------------------------------
 
 REDIS_URL = env_str("REDIS_URL")
+# One prefix for every key this deployment puts in Redis (channel layer and
+# cache), so that two deployments can share one Redis without sharing counters.
+REDIS_PREFIX = env_str("CHATIMG_REDIS_PREFIX", env_str("CHATIMG_CHANNEL_PREFIX", "chatimg"))
 if REDIS_URL:
     if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ImproperlyConfigured(f"REDIS_URL must be a redis:// URL, got {REDIS_URL!r}")
@@ -122,7 +125,7 @@ if REDIS_URL:
             "CONFIG": {
                 # No read timeout: redis-py's default (5 s) kills idle receives.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-                "prefix": env_str("CHATIMG_CHANNEL_PREFIX", "chatimg"),
+                "prefix": REDIS_PREFIX,
             },
         }
     }
@@ -130,7 +133,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": "chatimg",
+            "KEY_PREFIX": REDIS_PREFIX,
         }
     }
 else:
@@ -207,12 +210,17 @@ OPENAI_BASE_URL = env_str("OPENAI_BASE_URL") or None
 # Images may come from another provider than chat (e.g. chat on vLLM, images on OpenAI).
 OPENAI_IMAGE_BASE_URL = env_str("OPENAI_IMAGE_BASE_URL") or OPENAI_BASE_URL
 OPENAI_IMAGE_API_KEY = env_str("OPENAI_IMAGE_API_KEY") or OPENAI_API_KEY
+# Azure OpenAI's dated api-version endpoints: OPENAI_BASE_URL is then the
+# resource's endpoint (https://NAME.openai.azure.com) and the model names are
+# deployment names. Its v1 endpoint (…/openai/v1/) needs none of this.
+AZURE_OPENAI_API_VERSION = env_str("AZURE_OPENAI_API_VERSION")
 OFFLINE_MODEL = not OPENAI_API_KEY
 CHAT_MODEL = env_str("CHATIMG_CHAT_MODEL", "offline-chat" if OFFLINE_MODEL else "gpt-4.1-mini")
 IMAGE_MODEL = env_str("CHATIMG_IMAGE_MODEL", "offline-image" if OFFLINE_MODEL else "gpt-image-1")
 IMAGE_SIZE = env_str("CHATIMG_IMAGE_SIZE", "1024x1024")
-# gpt-image-1 always answers b64_json and rejects the parameter; dall-e and most
-# compatible servers accept it. "none" means: do not send it.
+# "auto" sends response_format=b64_json to dall-e models only (they answer with a
+# URL otherwise); gpt-image models and gateways such as LiteLLM refuse it, and
+# either answer is read. "none" means: never send it.
 IMAGE_RESPONSE_FORMAT = env_choice(
     "CHATIMG_IMAGE_RESPONSE_FORMAT", "auto", {"auto", "b64_json", "url", "none"}
 )
@@ -228,6 +236,13 @@ IMAGE_MAX_BYTES = env_int("CHATIMG_IMAGE_MAX_BYTES", 20 * 1024 * 1024, minimum=1
 LLM_TIMEOUT_SECONDS = env_float("CHATIMG_LLM_TIMEOUT", 60.0, minimum=1)
 IMAGE_TIMEOUT_SECONDS = env_float("CHATIMG_IMAGE_TIMEOUT", 120.0, minimum=1)
 LLM_MAX_RETRIES = env_int("CHATIMG_LLM_MAX_RETRIES", 2, minimum=0)
+# A cap on each answer's length in tokens; 0 sends none (the provider's default).
+MAX_OUTPUT_TOKENS = env_int("CHATIMG_MAX_OUTPUT_TOKENS", 0, minimum=0)
+# OpenAI's reasoning models (o1, o3, o4, gpt-5) refuse max_tokens and want
+# max_completion_tokens; "auto" picks by the chat model's name.
+MAX_TOKENS_PARAM = env_choice(
+    "CHATIMG_MAX_TOKENS_PARAM", "auto", {"auto", "max_tokens", "max_completion_tokens"}
+)
 SYSTEM_PROMPT = env_str(
     "CHATIMG_SYSTEM_PROMPT",
     "You are a helpful assistant in a chat app that can draw. When the user asks for a "
@@ -251,6 +266,9 @@ if STALE_TURN_SECONDS <= 2 * CHECKPOINT_SECONDS:
     )
 TURN_TIMEOUT_SECONDS = env_float("CHATIMG_TURN_TIMEOUT", 300.0, minimum=1)
 MAX_TOOL_CALLS_PER_TURN = env_int("CHATIMG_MAX_TOOL_CALLS", 4, minimum=0)
+# Model requests per answer, whatever the server does (a server that returns
+# tool calls although none were offered once made 780 in one answer).
+MAX_MODEL_ROUNDS = env_int("CHATIMG_MAX_MODEL_ROUNDS", MAX_TOOL_CALLS_PER_TURN + 2, minimum=1)
 MAX_MESSAGE_CHARS = env_int("CHATIMG_MAX_MESSAGE_CHARS", 8000, minimum=1)
 MAX_FRAME_BYTES = env_int("CHATIMG_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
 HISTORY_MESSAGES = env_int("CHATIMG_HISTORY_MESSAGES", 40, minimum=2)

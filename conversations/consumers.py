@@ -23,7 +23,13 @@ from django.conf import settings
 from django.core.cache import cache
 
 from conversations import turns
-from conversations.models import Conversation, Message, NothingToRegenerate, TurnInProgress
+from conversations.models import (
+    Conversation,
+    Message,
+    NothingToContinue,
+    NothingToRegenerate,
+    TurnInProgress,
+)
 
 PROTOCOL_VERSION = 1
 
@@ -300,6 +306,30 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self._count_message()
         return conversation, *conversation.begin_regeneration()
 
+    async def on_continue(self, payload: dict[str, Any]) -> None:
+        """Carry on an answer that stopped at the model's length limit, in place."""
+        conversation_id = self._conversation_id(payload)
+        try:
+            conversation, answer = await database_sync_to_async(self._begin_continuation)(
+                conversation_id
+            )
+        except TurnInProgress:
+            raise ProtocolError(
+                "turn_in_progress", "Wait for the current answer to finish, or stop it."
+            ) from None
+        except NothingToContinue:
+            raise ProtocolError(
+                "nothing_to_continue", "The last answer was not cut off; there is nothing to add."
+            ) from None
+        await self._follow(conversation)
+        self.offsets[answer.pk] = len(answer.text)
+        turns.launch(turns.TurnContext(conversation.pk, answer.pk, self.user, continuation=True))
+
+    def _begin_continuation(self, conversation_id: uuid.UUID) -> tuple[Conversation, Message]:
+        conversation = self._owned(conversation_id)
+        self._count_message()
+        return conversation, conversation.begin_continuation()
+
     async def on_cancel(self, payload: dict[str, Any]) -> None:
         conversation = await self._conversation(payload)
         await turns.request_cancel(conversation.pk)
@@ -321,6 +351,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         "message.send": on_send,
         "turn.cancel": on_cancel,
         "turn.regenerate": on_regenerate,
+        "turn.continue": on_continue,
         "conversation.subscribe": on_subscribe,
         "ping": on_ping,
     }
@@ -386,7 +417,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         extra = (
             {"code": latest.error_code, "message": latest.error_message, "retryable": True}
             if kind == "assistant.failed"
-            else {"status": latest.status, "usage": latest.usage}
+            else {"status": latest.status, "usage": latest.usage, "truncated": latest.truncated}
         )
         await self.send(
             turns.frame(

@@ -13,6 +13,8 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
+import re
 import threading
 import weakref
 from collections.abc import AsyncIterator
@@ -22,6 +24,8 @@ from typing import Any
 import httpx2
 import openai
 from django.conf import settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,39 +111,98 @@ _clients = weakref.WeakKeyDictionary()
 def client(*, images: bool = False) -> openai.AsyncOpenAI:
     api_key, base_url = _endpoint(images)
     timeout = settings.IMAGE_TIMEOUT_SECONDS if images else settings.LLM_TIMEOUT_SECONDS
-    key = (api_key, base_url, timeout, settings.LLM_MAX_RETRIES)
+    key = (api_key, base_url, timeout, settings.LLM_MAX_RETRIES, settings.AZURE_OPENAI_API_VERSION)
     per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
     if key not in per_loop:
-        per_loop[key] = openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=httpx2.Timeout(timeout, connect=10.0),
+        options: dict[str, Any] = {
+            "api_key": api_key,
+            "timeout": httpx2.Timeout(timeout, connect=10.0),
             # The client retries connection errors, 408/409/429 and 5xx before a
             # stream starts, honouring Retry-After; never once it has started.
-            max_retries=settings.LLM_MAX_RETRIES,
+            "max_retries": settings.LLM_MAX_RETRIES,
             # The SDK's aiohttp transport parses HTTP in C and reads without
             # anyio's per-read cancel scope and socket pause/resume, a cost per
             # token per stream: the largest gain in docs/benchmarks.md.
-            http_client=openai.DefaultAioHttpClient(),
-        )
+            "http_client": openai.DefaultAioHttpClient(),
+        }
+        if settings.AZURE_OPENAI_API_VERSION and not settings.OFFLINE_MODEL:
+            # Azure's dated endpoints route by deployment (the model name) and
+            # take the key in an api-key header; its v1 endpoint is plain OpenAI.
+            per_loop[key] = openai.AsyncAzureOpenAI(
+                azure_endpoint=base_url or "",
+                api_version=settings.AZURE_OPENAI_API_VERSION,
+                **options,
+            )
+        else:
+            per_loop[key] = openai.AsyncOpenAI(base_url=base_url, **options)
     return per_loop[key]
 
 
+EMPTY_ANSWER = "The model sent an empty answer; try again, or start a new chat if it repeats."
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a failed request never reached the server (refused, no route, no name).
+
+    The SDK's aiohttp transport reports a refused connection as a connect
+    *timeout*; the OSError underneath says what really happened.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and not isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _llm_error(exc: Exception) -> LLMError:
-    if isinstance(exc, openai.RateLimitError):
-        return LLMError("upstream_rate_limited", "The model provider is busy.", retryable=True)
+    """A provider failure as a user would name it; the provider's own words go to the log."""
+    if isinstance(exc, openai.APIStatusError):
+        log.warning("the model provider answered %s: %.500s", exc.status_code, exc.message)
+    if isinstance(exc, openai.APIConnectionError) and _unreachable(exc):
+        return LLMError(
+            "upstream_unreachable", "The model server could not be reached.", retryable=True
+        )
     if isinstance(exc, openai.APITimeoutError):
         return LLMError("upstream_timeout", "The model took too long to answer.", retryable=True)
     if isinstance(exc, openai.APIConnectionError):
-        return LLMError("upstream_unavailable", "The model could not be reached.", retryable=True)
+        return LLMError(
+            "upstream_unreachable", "The model server could not be reached.", retryable=True
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return LLMError("upstream_rate_limited", "The model provider is busy.", retryable=True)
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return LLMError("upstream_auth", "The model provider refused our key.", retryable=False)
-    if isinstance(exc, openai.APIStatusError):
-        retryable = exc.status_code >= 500
+    if isinstance(exc, openai.NotFoundError):
         return LLMError(
-            "upstream_error", f"The model provider failed ({exc.status_code}).", retryable=retryable
+            "upstream_model_not_found",
+            f"The model provider has no model named {settings.CHAT_MODEL!r}.",
+            retryable=False,
+        )
+    if isinstance(exc, openai.BadRequestError) and (
+        exc.code == "context_length_exceeded" or "context" in str(exc.message).lower()
+    ):
+        return LLMError(
+            "context_too_long",
+            "This chat is too long for the model; start a new chat.",
+            retryable=False,
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return LLMError(
+            "upstream_error",
+            f"The model provider failed ({exc.status_code}).",
+            retryable=exc.status_code >= 500,
         )
     return LLMError("upstream_error", "The model's answer could not be read.", retryable=True)
+
+
+def _token_limit(limit: int) -> dict[str, int]:
+    """`max_tokens`, or `max_completion_tokens` for the models that refuse the former."""
+    name = settings.MAX_TOKENS_PARAM
+    if name == "auto":
+        reasoning = settings.CHAT_MODEL.startswith(("o1", "o3", "o4", "gpt-5"))
+        name = "max_completion_tokens" if reasoning else "max_tokens"
+    return {name: limit}
 
 
 async def stream_chat(
@@ -147,12 +210,10 @@ async def stream_chat(
 ) -> AsyncIterator[StreamEvent]:
     """Stream one completion as TextDelta / ToolCallRequest / StreamEnd events.
 
-    The request, its retries and its errors are the SDK's; the SSE stream is
-    split (`_sse_data`) and decoded with json.loads here instead of a typed
-    model per chunk, which was the SDK's largest cost per token in bench/.
-    Tool-call fragments (an id and name, then argument pieces, keyed by index)
-    are assembled so callers see whole calls. Closing the generator closes the
-    HTTP stream: cancel relies on it.
+    The request, its retries and its errors are the SDK's; the body is read
+    by `read_stream` (bytes split here, decoded with json.loads, not a typed
+    model per chunk: the SDK's was its largest cost per token in bench/).
+    Closing the generator closes the HTTP stream: cancel relies on it.
     """
     kwargs: dict[str, Any] = {
         "model": settings.CHAT_MODEL,
@@ -160,6 +221,8 @@ async def stream_chat(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if settings.MAX_OUTPUT_TOKENS:
+        kwargs.update(_token_limit(settings.MAX_OUTPUT_TOKENS))
     if tools:
         kwargs["tools"] = tools
     request = client().chat.completions.with_streaming_response.create(**kwargs)
@@ -167,47 +230,121 @@ async def stream_chat(
         response = await request.__aenter__()
     except openai.OpenAIError as exc:
         raise _llm_error(exc) from exc
-    calls: dict[int, dict[str, str]] = {}
-    finish_reason: str | None = None
-    usage: dict[str, int] = {}
     try:
-        async with contextlib.aclosing(_sse_data(response.iter_bytes())) as payloads:
-            async for data in payloads:
-                if data == b"[DONE]":
-                    break
-                chunk = json.loads(data)
-                if chunk.get("error"):
-                    raise LLMError(
-                        "upstream_error", "The model reported an error mid-answer.", retryable=True
-                    )
-                if chunk.get("usage"):  # not every provider sends it
-                    usage = {
-                        "prompt_tokens": chunk["usage"].get("prompt_tokens") or 0,
-                        "completion_tokens": chunk["usage"].get("completion_tokens") or 0,
-                    }
-                for choice in (chunk.get("choices") or ())[:1]:
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        yield TextDelta(delta["content"])
-                    for part in delta.get("tool_calls") or ():
-                        call = calls.setdefault(
-                            part.get("index", 0), {"id": "", "name": "", "args": ""}
-                        )
-                        call["id"] = part.get("id") or call["id"]
-                        function = part.get("function") or {}
-                        call["name"] += function.get("name") or ""
-                        call["args"] += function.get("arguments") or ""
-                    finish_reason = choice.get("finish_reason") or finish_reason
-    except (openai.OpenAIError, httpx2.HTTPError, ValueError) as exc:
+        async with contextlib.aclosing(read_stream(response.iter_bytes())) as events:
+            async for event in events:
+                yield event
+    except httpx2.TimeoutException as exc:
+        raise LLMError(
+            "upstream_stalled", "The model stopped sending mid-answer.", retryable=True
+        ) from exc
+    except (openai.OpenAIError, httpx2.HTTPError) as exc:
         raise LLMError(
             "upstream_stream_cut", "The model's answer was cut off.", retryable=True
         ) from exc
     finally:
         await request.__aexit__(None, None, None)
-    for index in sorted(calls):
-        call = calls[index]
-        yield ToolCallRequest(call["id"] or f"call_{index}", call["name"], call["args"])
-    yield StreamEnd(finish_reason, usage)
+
+
+@dataclass
+class _PartialCall:
+    """A tool call being assembled from its streamed fragments."""
+
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+    def add(self, part: dict[str, Any]) -> None:
+        # OpenAI sends the id and the name once, then argument fragments;
+        # llama.cpp's server and some gateways repeat the id and the whole name
+        # in every fragment. A repeated name is the same name, not more of it.
+        self.id = self.id or str(part.get("id") or "")
+        function = part.get("function") or {}
+        name = str(function.get("name") or "")
+        if name and name != self.name:
+            self.name += name
+        self.arguments += str(function.get("arguments") or "")
+
+
+async def read_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
+    """A chat-completions SSE body, as TextDelta / ToolCallRequest / StreamEnd events.
+
+    Takes what real servers send, not only what OpenAI sends: ids and names
+    repeated in every tool-call fragment or arriving late, several tool calls,
+    `finish_reason` on any chunk (or only a `[DONE]`), usage on any chunk or
+    none, an `error` object mid-stream, an empty 200 body. Tool calls are
+    assembled and yielded whole after the text. Raises LLMError for an
+    ending that is not an answer: `upstream_empty` (no text and no tool call,
+    as llama.cpp's server answers a context overflow), `upstream_stream_cut`
+    (no `[DONE]` and no finish reason), `upstream_error` (an error object).
+    """
+    calls: dict[int, _PartialCall] = {}
+    ids: dict[str, int] = {}  # for servers that send an id but no index
+    finish_reason: str | None = None
+    usage: dict[str, int] = {}
+    done = produced = False
+    async with contextlib.aclosing(_sse_data(chunks)) as payloads:
+        async for data in payloads:
+            if data == b"[DONE]":
+                done = True
+                break
+            try:
+                chunk = json.loads(data)
+            except ValueError as exc:  # also RecursionError's cousins: hostile bytes
+                raise LLMError(
+                    "upstream_error", "The model's answer could not be read.", retryable=True
+                ) from exc
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error"):
+                log.warning("the model reported an error mid-stream: %.500s", chunk["error"])
+                raise LLMError(
+                    "upstream_error", "The model reported an error mid-answer.", retryable=True
+                )
+            if isinstance(chunk.get("usage"), dict):
+                usage = {
+                    "prompt_tokens": int(chunk["usage"].get("prompt_tokens") or 0),
+                    "completion_tokens": int(chunk["usage"].get("completion_tokens") or 0),
+                }
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue  # one answer was asked for (n=1)
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
+                if content and isinstance(content, str):
+                    produced = True
+                    yield TextDelta(content)
+                for part in delta.get("tool_calls") or ():
+                    if isinstance(part, dict):
+                        _partial_call(calls, ids, part).add(part)
+                finish_reason = choice.get("finish_reason") or finish_reason
+    if not done and finish_reason is None:
+        if produced or calls:
+            raise LLMError("upstream_stream_cut", "The model's answer was cut off.", retryable=True)
+        raise LLMError("upstream_empty", EMPTY_ANSWER, retryable=True)
+    complete = [call for call in calls.values() if call.name]
+    if not produced and not complete and finish_reason != "content_filter":
+        raise LLMError("upstream_empty", EMPTY_ANSWER, retryable=True)
+    for index, call in sorted(calls.items()):
+        if call.name:
+            yield ToolCallRequest(call.id or f"call_{index}", call.name, call.arguments)
+    yield StreamEnd(finish_reason or "stop", usage)
+
+
+def _partial_call(
+    calls: dict[int, _PartialCall], ids: dict[str, int], part: dict[str, Any]
+) -> _PartialCall:
+    index = part.get("index")
+    if not isinstance(index, int):
+        call_id = str(part.get("id") or "")
+        if call_id and call_id not in ids:
+            index = len(calls)
+        else:
+            index = ids.get(call_id, max(calls, default=0))
+    call = calls.setdefault(index, _PartialCall())
+    if part.get("id"):
+        ids.setdefault(str(part["id"]), index)
+    return call
 
 
 async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -230,32 +367,51 @@ async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield pending[5:].strip()
 
 
+# Options that a provider may refuse by name; a retry without them is worth a try.
+_DROPPABLE = ("response_format", "quality", "style", "size")
+
+
 async def generate_image(prompt: str, *, size: str, quality: str = "", style: str = "") -> Picture:
-    """Ask the image API for one picture and return its bytes."""
+    """Ask the image API for one picture and return its bytes.
+
+    `response_format` is sent only where it is needed (dall-e models answer
+    with a URL unless asked); gateways such as LiteLLM refuse it for other
+    models. A 400 that names one of the optional parameters is retried once
+    without it. The provider's own error text goes to the log, never to the
+    user or the model.
+    """
     kwargs: dict[str, Any] = {"model": settings.IMAGE_MODEL, "prompt": prompt, "n": 1}
     for name, value in (("size", size), ("quality", quality), ("style", style)):
         if value:
             kwargs[name] = value
     response_format = settings.IMAGE_RESPONSE_FORMAT
     if response_format == "auto":
-        # gpt-image models always answer b64_json and reject the parameter.
-        response_format = "none" if settings.IMAGE_MODEL.startswith("gpt-image") else "b64_json"
+        response_format = "b64_json" if settings.IMAGE_MODEL.startswith("dall-e") else "none"
     if response_format != "none":
         kwargs["response_format"] = response_format
-    try:
-        response = await client(images=True).images.generate(**kwargs)
-    except openai.BadRequestError as exc:
-        if exc.code in {"moderation_blocked", "content_policy_violation"}:
-            raise ImageAPIError(
-                "image_refused", "The image service refused this prompt (content policy)."
-            ) from exc
-        raise ImageAPIError(
-            "image_rejected", f"The image service rejected it: {exc.message}"
-        ) from exc
-    except openai.APITimeoutError as exc:
-        raise ImageAPIError("image_timeout", "The image service took too long.") from exc
-    except openai.OpenAIError as exc:
-        raise ImageAPIError("image_unavailable", "The image service failed; try again.") from exc
+    dropped: list[str] = []
+    while True:
+        try:
+            response = await client(images=True).images.generate(**kwargs)
+            break
+        except openai.BadRequestError as exc:
+            log.warning("the image API refused a request (%s): %.500s", exc.code, exc.message)
+            if exc.code in {"moderation_blocked", "content_policy_violation"}:
+                raise ImageAPIError(
+                    "image_refused", "The image service refused this prompt (content policy)."
+                ) from exc
+            refused = [name for name in _DROPPABLE if name in kwargs and _names(exc, name)]
+            if dropped or not refused:
+                raise ImageAPIError(
+                    "image_rejected", "The image service could not draw this request."
+                ) from exc
+            for name in refused:
+                del kwargs[name]
+            dropped = refused
+        except openai.OpenAIError as exc:
+            raise _image_error(exc) from exc
+    if dropped:
+        log.info("the image API took the request without %s", ", ".join(dropped))
     if not response.data:
         raise ImageAPIError("image_empty", "The image service returned no image.")
     item = response.data[0]
@@ -271,6 +427,31 @@ async def generate_image(prompt: str, *, size: str, quality: str = "", style: st
     if len(data) > settings.IMAGE_MAX_BYTES:
         raise ImageAPIError("image_too_large", "The generated image is too large.")
     return Picture(data, item.revised_prompt or "", settings.IMAGE_MODEL)
+
+
+def _names(exc: openai.BadRequestError, parameter: str) -> bool:
+    """Whether a 400 is about `parameter` (OpenAI's `param`, or a gateway's text)."""
+    return exc.param == parameter or parameter in str(exc.message)
+
+
+def _image_error(exc: openai.OpenAIError) -> ImageAPIError:
+    if isinstance(exc, openai.APIStatusError):
+        log.warning("the image API answered %s: %.500s", exc.status_code, exc.message)
+    if isinstance(exc, openai.APIConnectionError) and _unreachable(exc):
+        return ImageAPIError("image_unavailable", "The image service could not be reached.")
+    if isinstance(exc, openai.APITimeoutError):
+        return ImageAPIError("image_timeout", "The image service took too long.")
+    if isinstance(exc, openai.NotFoundError) or (
+        isinstance(exc, openai.APIStatusError) and exc.status_code in (405, 501)
+    ):
+        return ImageAPIError(
+            "images_not_supported",
+            "This model provider has no image service; images need one "
+            "(see OPENAI_IMAGE_BASE_URL in the docs).",
+        )
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return ImageAPIError("image_auth", "The image service refused our key.")
+    return ImageAPIError("image_unavailable", "The image service failed; try again.")
 
 
 async def _download(url: str) -> bytes:
@@ -300,10 +481,29 @@ TITLE_PROMPT = (
     "Write a title of at most six words for a chat that begins as below. "
     "Reply with the title only: no quotes, no final full stop."
 )
+TITLE_MAX_TOKENS = 24
+# "Title: …", "**Chat title** - …": the label some models put before the title.
+_TITLE_LABEL = re.compile(r"^\s*(?:chat\s+)?title\s*[:\-\u2013\u2014]\s*", re.IGNORECASE)
+_MARKDOWN = re.compile(r"[*`#>~]+|(?<!\w)_+|_+(?!\w)|^\s*[-+]\s+|\[([^\]]*)\]\([^)]*\)")
+
+
+def clean_title(raw: str) -> str:
+    """A model's title without Markdown, a label, quotes or a final full stop."""
+    lines = [line for line in raw.splitlines() if line.strip()]
+    title = lines[0] if lines else ""
+    title = _MARKDOWN.sub(lambda m: m.group(1) or "", title)
+    quotes = "\"'\u201c\u201d\u2018\u2019 "
+    title = _TITLE_LABEL.sub("", title.strip(quotes))
+    title = " ".join(title.split()).strip(quotes).rstrip(".").strip()
+    return title[:80]
 
 
 async def suggest_title(question: str, answer: str) -> str | None:
-    """A short title from the first exchange, or None (the caller keeps its own)."""
+    """A short title from the first exchange, or None (the caller keeps its own).
+
+    Bounded by TITLE_MAX_TOKENS: a small model once wrote 8,187 tokens of
+    "title", holding a single-slot server while the user's next turn waited.
+    """
     try:
         response = await client().chat.completions.create(
             model=settings.CHAT_MODEL,
@@ -314,9 +514,10 @@ async def suggest_title(question: str, answer: str) -> str | None:
                     "content": f"User: {question[:1000]}\n\nAssistant: {answer[:1000]}",
                 },
             ],
+            **_token_limit(TITLE_MAX_TOKENS),
         )
-    except openai.OpenAIError:
+    except openai.OpenAIError as exc:
+        log.info("no title from the model: %s", exc)
         return None
     content = response.choices[0].message.content if response.choices else None
-    title = " ".join((content or "").split()).strip("\"'“”").rstrip(".")
-    return title[:80] or None
+    return clean_title(content or "") or None

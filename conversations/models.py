@@ -39,6 +39,10 @@ class NothingToRegenerate(Exception):
     """The conversation does not end with an answer."""
 
 
+class NothingToContinue(Exception):
+    """The conversation does not end with an answer cut off by its length limit."""
+
+
 class ConversationQuerySet(models.QuerySet):
     def page(
         self, cursor: tuple[Any, uuid.UUID] | None, size: int
@@ -157,6 +161,32 @@ class Conversation(models.Model):
             Conversation.objects.filter(pk=self.pk).update(updated_at=timezone.now())
         return replaced, answer
 
+    def begin_continuation(self) -> Message:
+        """Reopen the latest answer, cut off by its length limit, to carry it on.
+
+        Raises NothingToContinue unless the conversation ends with a truncated
+        answer, TurnInProgress while any answer streams.
+        """
+        last = self.messages.order_by("-id").first()
+        if last is None or last.role != Message.Role.ASSISTANT or not last.truncated:
+            raise NothingToContinue
+        try:
+            with transaction.atomic():
+                # Conditional: two tabs pressing Continue start one turn.
+                reopened = Message.objects.filter(
+                    pk=last.pk, truncated=True, status=Message.Status.COMPLETE
+                ).update(
+                    status=Message.Status.STREAMING,
+                    truncated=False,
+                    heartbeat_at=timezone.now(),
+                )
+        except IntegrityError:
+            raise TurnInProgress from None
+        if not reopened:
+            raise TurnInProgress
+        Conversation.objects.filter(pk=self.pk).update(updated_at=timezone.now())
+        return last
+
     def _open_answer(self, question: Message) -> Message:
         # The partial unique index on (conversation, streaming) is what makes
         # "one answer at a time" hold across processes: a second one raises
@@ -245,6 +275,9 @@ class Message(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
     # Written at every checkpoint; a stale one means the turn's process died.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The model stopped at its length limit (finish_reason "length"): the text
+    # is kept, and the answer can be continued (turn.continue).
+    truncated = models.BooleanField(default=False)
 
     objects = MessageQuerySet.as_manager()
 
@@ -323,8 +356,10 @@ class Message(models.Model):
         usage: dict | None = None,
         error_code: str = "",
         error_message: str = "",
+        truncated: bool = False,
     ) -> None:
         self.status = status
+        self.truncated = truncated
         self.text = text
         self.usage = usage or {}
         self.error_code = error_code
@@ -340,6 +375,7 @@ class Message(models.Model):
                 "error_message",
                 "heartbeat_at",
                 "updated_at",
+                "truncated",
             ]
         )
 

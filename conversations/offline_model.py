@@ -105,6 +105,7 @@ class Reply:
     ``framing="crlf-split"`` frames events as other servers may: CRLF line ends, a comment
     and an ``event:`` line before each ``data:``, raw UTF-8 in the JSON, and every event
     cut in two HTTP chunks (through a multi-byte character when it has one).
+    ``finish_reason`` overrides the ending ("length", "content_filter", …).
     """
 
     text: str = ""
@@ -115,6 +116,7 @@ class Reply:
     usage: bool = True
     tokens: list[str] | None = None
     framing: str = "lf"
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: dict[str, Any] | None
+    query: str = ""  # the URL's query string, e.g. Azure's api-version
 
 
 # --------------------------------------------------------------------------------------
@@ -563,7 +566,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         model = self.server.model
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         raw = self._read_body() if method == "POST" else b""
         try:
             parsed = json.loads(raw) if raw else None
@@ -571,11 +574,13 @@ class _Handler(BaseHTTPRequestHandler):
             parsed = None
         body = parsed if isinstance(parsed, dict) else None
         headers = {key.lower(): value for key, value in self.headers.items()}
-        model._record(RecordedRequest(method, path, headers, body))
+        model._record(RecordedRequest(method, path, headers, body, query))
 
-        if method == "POST" and path == "/v1/chat/completions":
+        # Any prefix: /v1/… as OpenAI, /openai/deployments/<name>/… as Azure's
+        # api-version endpoints.
+        if method == "POST" and path.endswith("/chat/completions"):
             self._chat(body, raw)
-        elif method == "POST" and path == "/v1/images/generations":
+        elif method == "POST" and path.endswith("/images/generations"):
             self._images(body, raw)
         elif method == "GET" and path == "/v1/models":
             data = [
@@ -705,6 +710,11 @@ class _Handler(BaseHTTPRequestHandler):
             )
             for call in reply.tool_calls
         ]
+        finish_reason = reply.finish_reason or ("tool_calls" if calls else "stop")
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and 0 < limit < len(tokens):
+            # As real servers do: stop at the limit, mid-sentence, and say so.
+            tokens, calls, finish_reason = tokens[:limit], [], "length"
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         model_name = str(body.get("model") or CHAT_MODEL)
         prompt_tokens = _rough_tokens(raw.decode("utf-8", "replace"))
@@ -714,7 +724,6 @@ class _Handler(BaseHTTPRequestHandler):
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
-        finish_reason = "tool_calls" if calls else "stop"
 
         if not body.get("stream"):
             # Simulate the generation time the stream would have taken.
@@ -1008,10 +1017,10 @@ class OfflineModelServer:
             return list(self._requests)
 
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == "/v1/chat/completions"]
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
     def image_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == "/v1/images/generations"]
+        return [r for r in self.requests if r.path.endswith("/images/generations")]
 
     # -- used by the handler ------------------------------------------------------------
 

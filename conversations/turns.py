@@ -56,11 +56,19 @@ def frame(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, **fields}, separators=(",", ":"))
 
 
+CONTINUE_PROMPT = (
+    "Your last answer was cut off by its length limit. Continue it exactly where it "
+    "stopped, without repeating anything and without any preamble."
+)
+
+
 def model_messages(history: list[Message]) -> list[dict[str, Any]]:
     """The context sent to the model, rebuilt from the stored history.
 
     Image tool results appear only as their small JSON summary
     ({image_id, prompt, revised_prompt, status}): never bytes, never a URL.
+    Only the fields the chat-completions spec requires, in shapes every
+    server accepts (see tool_call_message).
     """
     messages: list[dict[str, Any]] = [{"role": "system", "content": settings.SYSTEM_PROMPT}]
     for message in history:
@@ -89,27 +97,33 @@ def _append_tool_round(
     messages: list[dict[str, Any]], text: str, calls: list[ToolInvocation]
 ) -> None:
     messages.append(
-        {
-            "role": "assistant",
-            "content": text or None,
-            "tool_calls": [
-                {
-                    "id": call.call_id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
-                }
-                for call in calls
-            ],
-        }
+        tool_call_message(
+            text, [(call.call_id, call.name, json.dumps(call.arguments)) for call in calls]
+        )
     )
     for call in calls:
-        messages.append(
-            {
-                "role": "tool",
-                "tool_call_id": call.call_id,
-                "content": json.dumps(call.model_result()),
-            }
-        )
+        messages.append(tool_result_message(call.call_id, call.model_result()))
+
+
+def tool_call_message(text: str, calls: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """The assistant's tool-call turn from (id, name, JSON arguments) triples.
+
+    `content` is a string, never null: llama.cpp's server refuses null with
+    HTTP 500, and since the history is rebuilt the same way every time, so
+    would every later turn of the conversation.
+    """
+    return {
+        "role": "assistant",
+        "content": text,
+        "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+            for call_id, name, args in calls
+        ],
+    }
+
+
+def tool_result_message(call_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)}
 
 
 @dataclass
@@ -117,6 +131,7 @@ class TurnContext:
     conversation_id: uuid.UUID
     message_id: int  # the answer's
     user: Any  # the conversation's owner (image quota, attribution)
+    continuation: bool = False  # carry on a truncated answer instead of starting one
 
 
 class Turn:
@@ -131,6 +146,7 @@ class Turn:
         self.question = ""  # the user message this answers, loaded with the context
         self.first_exchange = False
         self.tool_calls = 0
+        self.truncated = False  # the model stopped at its length limit
         self.cancel_requested = False
         self._publish_lock = asyncio.Lock()
         self._last_flush = float("-inf")
@@ -201,16 +217,54 @@ class Turn:
     # --- the conversation with the model --------------------------------------
 
     async def _converse(self) -> None:
+        """Talk to the model until it answers without calling a tool.
+
+        Bounded whatever the server does: at most MAX_MODEL_ROUNDS requests,
+        the last one offering no tools, and tool calls that come back when
+        none were offered are not run (a server that does that once made 780
+        requests in one answer).
+        """
         messages = await database_sync_to_async(self._load_context)()
         await self._publish(frame("assistant.started", **self._ids()))
         calls_left = settings.MAX_TOOL_CALLS_PER_TURN
-        while True:
-            calls: list[llm.ToolCallRequest] = []
-            segment_start = len(self.text)
-            tools = [images.tool_schema()] if calls_left > 0 else None
+        for round_number in range(1, settings.MAX_MODEL_ROUNDS + 1):
+            offered = calls_left > 0 and round_number < settings.MAX_MODEL_ROUNDS
+            calls, segment_start = await self._stream_round(
+                messages, offered=offered, after_tools=round_number > 1
+            )
+            if calls is None:
+                return
+            if not offered:
+                log.warning(
+                    "answer %s: the model called %d tool(s) although none were offered; not run",
+                    self.context.message_id,
+                    len(calls),
+                )
+                return
+            await self._flush()
+            messages.append(
+                tool_call_message(
+                    self.text[segment_start:], [(c.call_id, c.name, c.arguments) for c in calls]
+                )
+            )
+            for call in calls:
+                result = await self._run_tool(call, allowed=calls_left > 0)
+                calls_left -= 1
+                messages.append(tool_result_message(call.call_id, result))
+
+    async def _stream_round(
+        self, messages: list[dict[str, Any]], *, offered: bool, after_tools: bool
+    ) -> tuple[list[llm.ToolCallRequest] | None, int]:
+        """One model request: (its tool calls, or None if the answer is done; its text's start)."""
+        calls: list[llm.ToolCallRequest] = []
+        segment_start = len(self.text)
+        finish_reason = "stop"
+        tools = [images.tool_schema()] if offered else None
+        try:
             async for event in llm.stream_chat(messages, tools):
                 if isinstance(event, llm.TextDelta):
-                    if len(self.text) == segment_start and self.text[-1:] not in ("", "\n"):
+                    starts_after_image = after_tools and len(self.text) == segment_start
+                    if starts_after_image and self.text[-1:] not in ("", "\n"):
                         # Text after an image starts a new paragraph, not mid-line
                         # ("…at dusk.Here is…" for clients that print plain text).
                         self._add_text("\n\n")
@@ -218,38 +272,43 @@ class Turn:
                 elif isinstance(event, llm.ToolCallRequest):
                     calls.append(event)
                 else:
+                    finish_reason = event.finish_reason or "stop"
                     for key, value in event.usage.items():
                         self.usage[key] = self.usage.get(key, 0) + value
-            if not calls:
-                return
-            await self._flush()
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": self.text[segment_start:] or None,
-                    "tool_calls": [
-                        {
-                            "id": c.call_id,
-                            "type": "function",
-                            "function": {"name": c.name, "arguments": c.arguments},
-                        }
-                        for c in calls
-                    ],
-                }
+        except llm.LLMError as exc:
+            if exc.code == "upstream_empty" and after_tools:
+                return None, segment_start  # nothing to add after the images: a fine ending
+            raise
+        if finish_reason == "content_filter":
+            raise llm.LLMError(
+                "content_filtered",
+                "The model provider's content filter stopped this answer.",
+                retryable=False,
             )
-            for call in calls:
-                result = await self._run_tool(call, allowed=calls_left > 0)
-                calls_left -= 1
-                messages.append(
-                    {"role": "tool", "tool_call_id": call.call_id, "content": json.dumps(result)}
-                )
+        self.truncated = finish_reason == "length" and not calls
+        return (calls or None), segment_start
 
     def _load_context(self) -> list[dict[str, Any]]:
         history = Conversation(pk=self.context.conversation_id).history()
         # The answer streams, so the history ends with the question it answers.
         self.question = history[-1].text if history else ""
         self.first_exchange = len(history) == 1
-        return model_messages(history)
+        if not self.context.continuation:
+            return model_messages(history)
+        # Carry on the truncated answer: its text so far is this turn's start,
+        # and the model sees it, then is asked to go on from where it stopped.
+        answer = Message.objects.prefetch_related("tool_invocations__image").get(
+            pk=self.context.message_id
+        )
+        self.text = answer.text
+        self.published = len(answer.text)
+        self.usage = dict(answer.usage)
+        self.tool_calls = len(answer.tool_invocations.all())
+        self.first_exchange = False
+        return [
+            *model_messages([*history, answer]),
+            {"role": "user", "content": CONTINUE_PROMPT},
+        ]
 
     async def _run_tool(self, call: llm.ToolCallRequest, *, allowed: bool) -> dict[str, Any]:
         try:
@@ -394,6 +453,7 @@ class Turn:
                 text_length=len(self.text),
                 html=html,
                 usage=self.usage,
+                truncated=self.truncated and status == Message.Status.COMPLETE,
             ),
         )
 
@@ -437,7 +497,14 @@ class Turn:
             conversation_id=self.context.conversation_id,
             role=Message.Role.ASSISTANT,
         )
-        message.finish(status, self.text, usage=self.usage, error_code=code, error_message=error)
+        message.finish(
+            status,
+            self.text,
+            usage=self.usage,
+            error_code=code,
+            error_message=error,
+            truncated=self.truncated and status == Message.Status.COMPLETE,
+        )
         if not self.tool_calls:
             return message.body_html(invocations=[])
         # Tool calls cut short by a cancel must not look as if they still run.

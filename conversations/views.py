@@ -44,10 +44,17 @@ CONVERSATIONS_PER_PAGE = 30
 ERROR_TEXTS = {
     "upstream_rate_limited": "The model is getting too many requests right now.",
     "upstream_timeout": "The model took too long to answer.",
-    "upstream_unavailable": "The model could not be reached.",
+    "upstream_unreachable": "The model's server could not be reached; it may be down.",
     "upstream_auth": "The model refused the server's credentials; tell the site's operator.",
+    "upstream_model_not_found": "The model this site is set up to use does not exist there; "
+    "tell the site's operator.",
     "upstream_error": "The model answered with an error.",
+    "upstream_empty": "The model sent an empty answer.",
     "upstream_stream_cut": "The model's answer broke off; the text so far is kept.",
+    "upstream_stalled": "The model stopped sending mid-answer; the text so far is kept.",
+    "content_filtered": "The model provider's content filter stopped this answer.",
+    "context_too_long": "This chat is now too long for the model: start a new chat.",
+    "nothing_to_continue": "The last answer is complete; there is nothing to continue.",
     "turn_timeout": "The answer took too long and was stopped.",
     "internal_error": "Something went wrong on our side.",
     "interrupted": "The server restarted while writing this answer; the text so far is kept.",

@@ -73,3 +73,15 @@ def test_production_services_are_switched_on_by_their_variables() -> None:
     assert "chatimg.layers.RedisPubSubChannelLayer" in result.stdout
     assert "storages.backends.s3.S3Storage" in result.stdout
     assert result.stdout.strip().endswith("False")
+
+
+def test_two_deployments_sharing_a_redis_keep_their_keys_apart() -> None:
+    # Rate-limit counters live in the cache: with one fixed prefix, two
+    # deployments on one Redis would count each other's messages.
+    result = load(
+        "CACHES['default']['KEY_PREFIX'], settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']",
+        REDIS_URL="redis://cache:6379/0",
+        CHATIMG_REDIS_PREFIX="staging",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["staging", "staging"]

@@ -230,3 +230,37 @@ def test_a_refused_message_goes_back_into_the_box_with_the_reason(
     assert streaming_requests(model) == []
     page.get_by_role("button", name="Dismiss").click()
     expect(alert).to_be_hidden()
+
+
+def test_an_answer_cut_at_its_length_limit_offers_continue_and_carries_on_in_place(
+    page: Page,
+    log_in: Callable[[str], None],
+    user: str,
+    model: OfflineModelServer,
+    app_server: AppServer,
+    shoot: Callable[[Page, str], None],
+) -> None:
+    model.script_chat(
+        Reply(tokens=["The ", "lighthouse ", "stood "], finish_reason="length"),
+        Reply(tokens=["on ", "the ", "cliff."]),
+    )
+    log_in(user)
+    send(page, "describe a lighthouse")
+    answer = last_answer(page)
+    expect(answer).to_have_attribute("data-status", "complete")
+    expect(answer.locator(".msg-truncated")).to_contain_text("length limit")
+    page.reload()  # the page as rendered by the server offers it too
+    wait_until_ready(page)
+    answer = last_answer(page)
+    continue_button = answer.get_by_role("button", name="Continue")
+    expect(continue_button).to_be_visible()
+    shoot(page, "chat-truncated")
+
+    continue_button.click()
+
+    expect(answer.locator(".body")).to_have_text("The lighthouse stood on the cliff.")
+    expect(answer).to_have_attribute("data-status", "complete")
+    expect(answer.locator(".msg-truncated")).to_have_count(0)
+    expect(page.locator("#send")).to_be_visible()
+    [(_, status, text)] = stored_answers(app_server, conversation_id(page))
+    assert (status, text) == ("complete", "The lighthouse stood on the cliff.")

@@ -22,7 +22,7 @@ const ANNOUNCE_CHARS = 1000;
 let conversationId = main.dataset.conversationId || null;
 const unacked = new Map(); // client_message_id -> message.send frame, resent after a reconnect
 const resyncing = new Set(); // answers we asked the server to resend (after a gap)
-let regenerating = false; // a turn.regenerate is on its way
+let regenerating = false; // a turn.regenerate or turn.continue is on its way
 
 const explain = (code) => ERROR_TEXTS[code] || ERROR_TEXTS[""];
 
@@ -33,13 +33,14 @@ function lastAnswer() {
   return answers[answers.length - 1] || null;
 }
 
-/** Send/Stop, and Regenerate/Retry on the last answer only, and only when nothing runs. */
+/** Send/Stop, and Regenerate/Retry/Continue on the last answer only, and only when nothing runs. */
 function refreshControls() {
   const streaming = threadEl.querySelector('article.msg-assistant[data-status="streaming"]');
   const busy = Boolean(streaming) || unacked.size > 0 || regenerating;
   composer.setBusy(busy);
   const last = thread.lastArticle();
-  for (const button of threadEl.querySelectorAll('[data-action="regenerate"], [data-action="retry"]')) {
+  const redo = '[data-action="regenerate"], [data-action="retry"], [data-action="continue"]';
+  for (const button of threadEl.querySelectorAll(redo)) {
     const article = button.closest("article");
     const finished = ["complete", "cancelled"].includes(article.dataset.status);
     const canRedo = button.dataset.action === "retry" || finished;
@@ -114,9 +115,11 @@ function finishAnswer(frame, status) {
       status,
       html: frame.html,
       textLength: frame.text_length,
+      truncated: Boolean(frame.truncated),
       error: failed ? { title: explain(code), detail: frame.message || "" } : null,
     });
-    if (status === "complete") announce(`Answer: ${thread.answerText(article)}`);
+    if (frame.truncated) announce("The answer stopped at its length limit; Continue carries it on.");
+    else if (status === "complete") announce(`Answer: ${thread.answerText(article)}`);
     else if (status === "cancelled") announce("Stopped. The answer so far is kept.");
     else announce(`The answer failed. ${explain(code)}`);
   }
@@ -165,6 +168,7 @@ const handlers = {
     article.classList.remove("is-pending");
   },
   "assistant.started": (frame) => {
+    regenerating = false; // a Continue goes on in the same answer, without turn.regenerating
     const article = thread.answer(frame.message_id);
     if (article.dataset.status !== "streaming") thread.markStreaming(article);
     refreshControls();
@@ -272,10 +276,11 @@ function send(text) {
   refreshControls();
 }
 
-function regenerate() {
+/** Regenerate (or retry) the last answer, or carry on one cut off by its length limit. */
+function regenerate(type = "turn.regenerate") {
   if (!conversationId) return;
   hideError();
-  if (!connection.send({ type: "turn.regenerate", conversation_id: conversationId })) {
+  if (!connection.send({ type, conversation_id: conversationId })) {
     showError("", "Not connected. Try again once the connection is back.");
     return;
   }
@@ -295,6 +300,9 @@ threadEl.addEventListener("click", async (event) => {
     case "regenerate":
     case "retry":
       regenerate();
+      break;
+    case "continue":
+      regenerate("turn.continue");
       break;
     case "copy":
       confirmCopied(button, await copyText(thread.answerText(button.closest("article"))));

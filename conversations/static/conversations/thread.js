@@ -248,7 +248,7 @@ export function tickElapsed() {
 
 /**
  * Put an answer in its final state: the server's HTML, then "Stopped" or the error.
- * @param {{status: string, html: string, textLength: number, error?: {title: string, detail: string}}} end
+ * @param {{status: string, html: string, textLength: number, truncated?: boolean, error?: {title: string, detail: string}}} end
  */
 export function finish(article, end) {
   pending.delete(article);
@@ -262,6 +262,7 @@ export function finish(article, end) {
   article.querySelector(".msg-error")?.remove();
   const actions = article.querySelector(".msg-actions");
   if (end.status === "cancelled") actions.before(clone("tpl-stopped"));
+  if (end.truncated) actions.before(clone("tpl-truncated"));
   if (end.error) {
     const box = clone("tpl-error");
     slot(box, "title").textContent = end.error.title;

@@ -300,7 +300,8 @@ def litellm_proxy(
 
 def version_of(python: str, dist: str) -> str:
     code = f"import importlib.metadata as m; print(m.version({dist!r}))"
-    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return result.stdout.strip()
 
 
 # --- the scenarios ----------------------------------------------------------------
@@ -384,9 +385,7 @@ def model_scenarios(rec: Recorder, port: int, model: str) -> None:
     data = rec.record(
         "tool-call",
         "tool_choice naming generate_image forces one tool call (no text)",
-        chat_body(
-            model, draw, tools=[TOOL], tool_choice=FORCE_TOOL, max_tokens=200, temperature=0
-        ),
+        chat_body(model, draw, tools=[TOOL], tool_choice=FORCE_TOOL, max_tokens=200, temperature=0),
         port=port,
         notes="temperature 0: with the default sampling the small model once wrote a raw "
         "newline inside the arguments' JSON string (kept as tool-call-raw-newline).",
@@ -470,84 +469,95 @@ def record_litellm_fake(args: argparse.Namespace, out: Path, tmp: Path) -> None:
 
     version = version_of(str(Path(args.litellm).parent / "python"), "litellm")
     print(f"== LiteLLM {version} in front of chatimg's fake (OfflineModelServer)", flush=True)
-    with OfflineModelServer() as fake:
-        with litellm_proxy(args.litellm, "gpt-test", fake.base_url, tmp) as (port, command, key):
-            rec = Recorder(out, "litellm", version, "openai/gpt-test", command)
-            rec.key = key
-            rec.dir = rec.dir / "via-chatimg-fake"
-            rec.dir.mkdir(parents=True, exist_ok=True)
-            rec.upstream = "chatimg conversations.offline_model.OfflineModelServer (scripted)"
-            draw = [{"role": "user", "content": DRAW}]
-            lighthouse = {"prompt": "a lighthouse at dusk, warm light over a calm sea"}
-            scripted = [
-                (
-                    "text",
-                    "streamed text",
-                    Reply(text="Hello! How can I help you today?"),
-                    [{"role": "user", "content": "Hi!"}],
-                    True,
+    with (
+        OfflineModelServer() as fake,
+        litellm_proxy(args.litellm, "gpt-test", fake.base_url, tmp) as (port, command, key),
+    ):
+        rec = Recorder(out, "litellm", version, "openai/gpt-test", command)
+        rec.key = key
+        rec.dir = rec.dir / "via-chatimg-fake"
+        rec.dir.mkdir(parents=True, exist_ok=True)
+        rec.upstream = "chatimg conversations.offline_model.OfflineModelServer (scripted)"
+        draw = [{"role": "user", "content": DRAW}]
+        lighthouse = {"prompt": "a lighthouse at dusk, warm light over a calm sea"}
+        scripted = [
+            (
+                "text",
+                "streamed text",
+                Reply(text="Hello! How can I help you today?"),
+                [{"role": "user", "content": "Hi!"}],
+                True,
+            ),
+            (
+                "text-then-tool-call",
+                "a sentence, then one generate_image call",
+                Reply(
+                    text="Sure, here is a lighthouse at dusk.",
+                    tool_calls=[ToolCall(arguments=lighthouse, id="call_fake_lighthouse")],
                 ),
-                (
-                    "text-then-tool-call",
-                    "a sentence, then one generate_image call",
-                    Reply(
-                        text="Sure, here is a lighthouse at dusk.",
-                        tool_calls=[ToolCall(arguments=lighthouse, id="call_fake_lighthouse")],
-                    ),
-                    draw,
-                    True,
+                draw,
+                True,
+            ),
+            (
+                "tool-call",
+                "one generate_image call, no text",
+                Reply(tool_calls=[ToolCall(arguments=lighthouse, id="call_fake_only")]),
+                draw,
+                True,
+            ),
+            (
+                "two-tool-calls",
+                "two generate_image calls in one answer",
+                Reply(
+                    text="Two pictures coming up.",
+                    tool_calls=[
+                        ToolCall(arguments={"prompt": "a lighthouse at dusk"}, id="call_a"),
+                        ToolCall(arguments={"prompt": "a lighthouse at dawn"}, id="call_b"),
+                    ],
                 ),
-                (
-                    "tool-call",
-                    "one generate_image call, no text",
-                    Reply(tool_calls=[ToolCall(arguments=lighthouse, id="call_fake_only")]),
-                    draw,
-                    True,
-                ),
-                (
-                    "two-tool-calls",
-                    "two generate_image calls in one answer",
-                    Reply(
-                        text="Two pictures coming up.",
-                        tool_calls=[
-                            ToolCall(arguments={"prompt": "a lighthouse at dusk"}, id="call_a"),
-                            ToolCall(arguments={"prompt": "a lighthouse at dawn"}, id="call_b"),
-                        ],
-                    ),
-                    [{"role": "user", "content": "draw a lighthouse at dusk and at dawn"}],
-                    True,
-                ),
-                (
-                    "tool-call-not-offered",
-                    "the upstream returns a generate_image call although the request offered "
-                    "no tools",
-                    Reply(tool_calls=[ToolCall(arguments=lighthouse, id="call_unasked")]),
-                    draw,
-                    False,
-                ),
-                (
-                    "cut",
-                    "the upstream drops the connection after 3 text chunks (no finish, no [DONE])",
-                    Reply(text="This answer will be cut off in the middle of it.", cut_after=3),
-                    [{"role": "user", "content": "Hi!"}],
-                    True,
-                ),
-            ]
-            for name, description, reply, messages, offer in scripted:
-                fake.script_chat(reply)
-                extra = {"tools": [TOOL]} if offer else {}
-                rec.record(name, description, chat_body("gpt-test", messages, **extra), port=port,
-                           notes=f"upstream scripted as {reply!r}")
-            # The follow-up after the text-then-tool-call round, with "content": "" and null.
-            for content, suffix in (("Sure, here is a lighthouse at dusk.", ""), ("", "-content-empty"), (None, "-content-null")):
-                fake.script_chat(Reply(text="Here is your lighthouse at dusk."))
-                messages = tool_round("call_fake_lighthouse", json.dumps(lighthouse), content)
-                rec.record(
-                    f"follow-up{suffix}",
-                    f"the turn after the tool round; assistant content {content!r}",
-                    chat_body("gpt-test", messages, tools=[TOOL]),
-                    port=port,
-                )
+                [{"role": "user", "content": "draw a lighthouse at dusk and at dawn"}],
+                True,
+            ),
+            (
+                "tool-call-not-offered",
+                "the upstream returns a generate_image call although the request offered no tools",
+                Reply(tool_calls=[ToolCall(arguments=lighthouse, id="call_unasked")]),
+                draw,
+                False,
+            ),
+            (
+                "cut",
+                "the upstream drops the connection after 3 text chunks (no finish, no [DONE])",
+                Reply(text="This answer will be cut off in the middle of it.", cut_after=3),
+                [{"role": "user", "content": "Hi!"}],
+                True,
+            ),
+        ]
+        for name, description, reply, messages, offer in scripted:
+            fake.script_chat(reply)
+            extra = {"tools": [TOOL]} if offer else {}
+            rec.record(
+                name,
+                description,
+                chat_body("gpt-test", messages, **extra),
+                port=port,
+                notes=f"upstream scripted as {reply!r}",
+            )
+        # The follow-up after the text-then-tool-call round, with "content": "" and null.
+        follow_ups = (
+            ("Sure, here is a lighthouse at dusk.", ""),
+            ("", "-content-empty"),
+            (None, "-content-null"),
+        )
+        for content, suffix in follow_ups:
+            fake.script_chat(Reply(text="Here is your lighthouse at dusk."))
+            messages = tool_round("call_fake_lighthouse", json.dumps(lighthouse), content)
+            rec.record(
+                f"follow-up{suffix}",
+                f"the turn after the tool round; assistant content {content!r}",
+                chat_body("gpt-test", messages, tools=[TOOL]),
+                port=port,
+            )
 
 
 def main() -> None:
@@ -555,7 +565,9 @@ def main() -> None:
     parser.add_argument("--llama-python", help="python of a venv with llama-cpp-python[server]")
     parser.add_argument("--model", help="the GGUF model file for llama-cpp-python")
     parser.add_argument("--litellm", help="the litellm executable (scripts/install_test_servers)")
-    parser.add_argument("--only", choices=["llama", "litellm-llama", "litellm-fake"], action="append")
+    parser.add_argument(
+        "--only", choices=["llama", "litellm-llama", "litellm-fake"], action="append"
+    )
     parser.add_argument("--out", default=str(HERE))
     args = parser.parse_args()
     out = Path(args.out)

@@ -125,7 +125,10 @@ class _Handler(BaseHTTPRequestHandler):
 class ReplayServer:
     """Answers chat requests with queued recordings, in order (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, refuse_null_content: str | None = None) -> None:
+        # As llama-cpp-python does: a request with a message whose content is null
+        # gets this recording (its HTTP 500) instead of the next one in the queue.
+        self.null_refusal = Recording.load(refuse_null_content) if refuse_null_content else None
         self._lock = threading.Lock()
         self._queue: deque[Recording] = deque()
         self.requests: list[dict[str, Any] | None] = []
@@ -173,4 +176,7 @@ class ReplayServer:
     def _next(self, body: dict[str, Any] | None) -> Recording | None:
         with self._lock:
             self.requests.append(body)
+            messages = (body or {}).get("messages") or []
+            if self.null_refusal and any(m.get("content", "") is None for m in messages):
+                return self.null_refusal
             return self._queue.popleft() if self._queue else None

@@ -309,8 +309,12 @@ async def test_the_reader_gives_what_the_server_meant_at_any_read_boundaries(nam
 
 @pytest.fixture
 def replay(fake_openai: Any, settings: Any) -> Any:
-    """Chat requests go to the replay server; images to the project's fake."""
-    with ReplayServer() as server:
+    """Chat requests go to the replay server; images to the project's fake.
+
+    A request with a null message content gets llama-cpp-python's recorded 500,
+    as that server would answer it.
+    """
+    with ReplayServer(refuse_null_content=f"{LLAMA}/follow-up-content-null") as server:
         settings.OPENAI_BASE_URL = server.base_url
         settings.LLM_MAX_RETRIES = 0  # a replayed refusal must not be asked for twice
         yield server

@@ -2,6 +2,7 @@
 
 import gc
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -12,10 +13,11 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from conversations import runtime  # noqa: E402
 from conversations.auth import BrowserOriginValidator, TokenAuthMiddleware  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
+router = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": BrowserOriginValidator(
@@ -23,6 +25,18 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The router, once this process's runtime is up (conversations/runtime.py).
+
+    daphne speaks no ASGI lifespan, so the runtime starts with the server's
+    first scope of any kind (a health check will do) and stops when the
+    server shuts down (runtime.start registers that with daphne's reactor).
+    """
+    await runtime.start()
+    await router(scope, receive, send)
+
 
 # What start-up built (modules, settings, URL patterns, templates) lives as long
 # as the process: freeze it, so that the collector's passes never walk it again.

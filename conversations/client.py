@@ -68,8 +68,13 @@ class ChatSession:
         out: TextIO | None = None,
         err: TextIO | None = None,
         raw: bool = False,
+        continue_answer: bool = False,
     ) -> None:
         self.prompt = prompt
+        # Carry on the conversation's last answer (cut at its length limit)
+        # instead of sending `prompt`: only the new text is printed.
+        self.continue_answer = continue_answer
+        self.continue_sent = False
         self.base_url = url.rstrip("/")
         self.ws_url = websocket_url(url)
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -151,6 +156,15 @@ class ChatSession:
             self.conversation_id = frame["conversation_id"]
             self.message_id = frame["assistant_message_id"]
             return None
+        if (
+            kind == "assistant.started"
+            and self.continue_answer
+            and self.message_id is None
+            and frame.get("conversation_id") == self.conversation_id
+        ):
+            # The answer that goes on; its text so far is not printed again.
+            self.message_id = frame["message_id"]
+            self.have = -1
         if self.message_id is None or frame.get("message_id") != self.message_id:
             return None  # not our answer (or a frame type we do not know): ignore it
         if kind == "assistant.delta":
@@ -171,7 +185,11 @@ class ChatSession:
         return None
 
     async def _send_or_resume(self, ws: ClientConnection) -> None:
-        if self.message_id is None:
+        if self.continue_answer and not self.continue_sent:
+            self.continue_sent = True
+            frame = {"type": "turn.continue", "conversation_id": self.conversation_id}
+            await ws.send(json.dumps(frame))
+        elif self.message_id is None and not self.continue_answer:
             # Not accepted yet (or the acceptance was lost): the same frame again,
             # which the server answers with `duplicate: true` if it got the first.
             frame = {
@@ -196,6 +214,8 @@ class ChatSession:
 
     async def _delta(self, ws: ClientConnection, offset: int, text: str) -> None:
         """The protocol's reassembly rules: every character printed once, in order."""
+        if self.have < 0:  # a continued answer: it goes on from its first delta
+            self.have = offset
         if offset + len(text) <= self.have:
             return  # a duplicate
         if offset > self.have:
@@ -221,6 +241,8 @@ class ChatSession:
         elif status in ("complete", "cancelled"):
             if status == "cancelled":
                 self._note("[the answer was cancelled]")
+            if frame.get("truncated"):
+                self._note("[the answer stopped at the model's length limit; --continue goes on]")
             code = EXIT_OK
         else:
             # E.g. "interrupted" (the server stopped mid-answer): the text is partial.
@@ -307,8 +329,10 @@ async def run(
     out: TextIO | None = None,
     err: TextIO | None = None,
     raw: bool = False,
+    continue_answer: bool = False,
 ) -> int:
-    """Send `prompt`, stream the answer to `out`, save its images; returns an exit code."""
+    """Send `prompt` (or continue the last answer), stream the answer to `out`, save its
+    images; returns an exit code."""
     session = ChatSession(
         prompt,
         url=url,
@@ -318,6 +342,7 @@ async def run(
         out=out,
         err=err,
         raw=raw,
+        continue_answer=continue_answer,
     )
     return await session.run()
 
@@ -353,6 +378,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="print the raw frames, one per line, instead"
     )
+    parser.add_argument(
+        "--continue",
+        dest="continue_answer",
+        action="store_true",
+        help="carry on the conversation's last answer where it stopped at the model's "
+        "length limit (needs --conversation; no prompt)",
+    )
     return parser
 
 
@@ -366,12 +398,28 @@ def main(argv: list[str] | None = None) -> int:
         websocket_url(args.url)
     except ValueError as exc:
         parser.error(str(exc))
+    conversation = str(args.conversation) if args.conversation else None
+    if args.continue_answer:
+        if not conversation:
+            parser.error("--continue needs --conversation")
+        if args.prompt:
+            parser.error("--continue takes no prompt")
+        return asyncio.run(
+            run(
+                "",
+                url=args.url,
+                token=token,
+                conversation_id=conversation,
+                images_dir=args.images_dir,
+                raw=args.json,
+                continue_answer=True,
+            )
+        )
     if not args.prompt and sys.stdin.isatty():
         print("Type the message, then Ctrl-D:", file=sys.stderr)
     prompt = (" ".join(args.prompt) if args.prompt else sys.stdin.read()).strip()
     if not prompt:
         parser.error("no prompt: pass it as an argument or on stdin")
-    conversation = str(args.conversation) if args.conversation else None
     try:
         return asyncio.run(
             run(

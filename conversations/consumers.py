@@ -22,7 +22,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 
-from conversations import turns
+from conversations import protocol, runtime
 from conversations.models import (
     Conversation,
     Message,
@@ -30,15 +30,11 @@ from conversations.models import (
     NothingToRegenerate,
     TurnInProgress,
 )
+from conversations.turns import TurnContext
 
-PROTOCOL_VERSION = 1
 
-
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class ProtocolError(protocol.ChatimgError):
+    """A refused frame: the client gets an `error` frame with this code."""
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -90,20 +86,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._send_error("unauthenticated", "Log in first.")
             await self.close(code=4401)
             return
-        # Starts this process's turn-control receiver and stale-answer sweep
-        # (at the first socket after start-up, then periodically).
-        await turns.control_channel()
         self.groups_joined: set[str] = set()
         # message_id -> how many characters of it this client has.
         self.offsets: dict[int, int] = {}
         self.resyncing: set[int] = set()
         self.window_start, self.window_frames = time.monotonic(), 0
         await self.send(
-            turns.frame(
-                "session.ready",
-                protocol=PROTOCOL_VERSION,
-                user=self.user.get_username(),
-                limits={"max_message_chars": settings.MAX_MESSAGE_CHARS},
+            protocol.session_ready(
+                self.user.get_username(), {"max_message_chars": settings.MAX_MESSAGE_CHARS}
             )
         )
 
@@ -221,30 +211,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.offsets.setdefault(assistant.pk, 0)
         if created:
             # Other tabs and devices following the conversation see the question too.
-            await turns.publish(
+            await runtime.publish(
                 conversation.pk,
-                turns.frame(
-                    "message.created",
-                    conversation_id=str(conversation.pk),
-                    message_id=user_message.pk,
-                    client_message_id=key,
-                    text=text,
-                ),
+                protocol.message_created(conversation.pk, user_message.pk, key, text),
             )
-            turns.launch(turns.TurnContext(conversation.pk, assistant.pk, self.user))
+            await runtime.launch(TurnContext(conversation.pk, assistant.pk, self.user))
         await self.send(
-            turns.frame(
-                "message.accepted",
-                conversation_id=str(conversation.pk),
+            protocol.message_accepted(
+                conversation.pk,
                 client_message_id=key,
                 message_id=user_message.pk,
                 assistant_message_id=assistant.pk,
                 duplicate=not created,
-                conversation={
-                    "id": str(conversation.pk),
-                    "title": conversation.title or Conversation.title_from(text),
-                    "url": conversation.get_absolute_url(),
-                },
+                title=conversation.title or Conversation.title_from(text),
+                url=conversation.get_absolute_url(),
             )
         )
         if not created:
@@ -292,14 +272,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._follow(conversation)
         self.offsets[answer.pk] = 0
         # Every follower (other tabs too) swaps the old answer for the new one.
-        replacing = turns.frame(
-            "turn.regenerating",
-            conversation_id=str(conversation.pk),
-            replaces_message_id=replaced,
-            assistant_message_id=answer.pk,
-        )
-        await turns.publish(conversation.pk, replacing)
-        turns.launch(turns.TurnContext(conversation.pk, answer.pk, self.user))
+        replacing = protocol.turn_regenerating(conversation.pk, replaced, answer.pk)
+        await runtime.publish(conversation.pk, replacing)
+        await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user))
 
     def _begin_regeneration(self, conversation_id: uuid.UUID) -> tuple[Conversation, int, Message]:
         conversation = self._owned(conversation_id)
@@ -323,7 +298,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             ) from None
         await self._follow(conversation)
         self.offsets[answer.pk] = len(answer.text)
-        turns.launch(turns.TurnContext(conversation.pk, answer.pk, self.user, continuation=True))
+        await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user, continuation=True))
 
     def _begin_continuation(self, conversation_id: uuid.UUID) -> tuple[Conversation, Message]:
         conversation = self._owned(conversation_id)
@@ -332,7 +307,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def on_cancel(self, payload: dict[str, Any]) -> None:
         conversation = await self._conversation(payload)
-        await turns.request_cancel(conversation.pk)
+        await runtime.request_cancel(conversation.pk)
 
     async def on_subscribe(self, payload: dict[str, Any]) -> None:
         conversation = await self._conversation(payload)
@@ -345,7 +320,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._catch_up(conversation, message_id, offset)
 
     async def on_ping(self, payload: dict[str, Any]) -> None:
-        await self.send(turns.frame("pong", id=payload.get("id")))
+        await self.send(protocol.pong(payload.get("id")))
 
     handlers = {
         "message.send": on_send,
@@ -359,7 +334,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- following a conversation ---------------------------------------------
 
     async def _follow(self, conversation: Conversation) -> None:
-        group = turns.group_name(conversation.pk)
+        group = protocol.group_name(conversation.pk)
         if group not in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
             self.groups_joined.add(group)
@@ -374,61 +349,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """
         latest = await database_sync_to_async(self._latest_answer)(conversation, message_id)
         if latest is None:
-            await self.send(
-                turns.frame(
-                    "conversation.state",
-                    conversation_id=str(conversation.pk),
-                    message_id=None,
-                    status=None,
-                )
-            )
+            await self.send(protocol.conversation_state(conversation.pk, None, None))
             return
         have = offset if latest.pk == message_id else 0
         self.offsets[latest.pk] = have
         await self.send(
-            turns.frame(
-                "conversation.state",
-                conversation_id=str(conversation.pk),
-                message_id=latest.pk,
-                status=latest.status,
-                text_length=len(latest.text),
+            protocol.conversation_state(
+                conversation.pk, latest.pk, latest.status, text_length=len(latest.text)
             )
         )
         if latest.status == Message.Status.STREAMING:
             # The owner of the turn (this process or another) answers with
             # the text published so far; deltas after it arrive through the group.
-            await turns.request_snapshot(conversation.pk, self.channel_name)
+            await runtime.request_snapshot(conversation.pk, self.channel_name)
             return
         if len(latest.text) > have:
             await self.send(
-                turns.frame(
-                    "assistant.delta",
-                    conversation_id=str(conversation.pk),
-                    message_id=latest.pk,
-                    offset=have,
-                    text=latest.text[have:],
-                )
+                protocol.assistant_delta(conversation.pk, latest.pk, have, latest.text[have:])
             )
         self.offsets[latest.pk] = len(latest.text)
         html = await database_sync_to_async(latest.body_html)()
-        kind = (
-            "assistant.failed" if latest.status == Message.Status.FAILED else "assistant.completed"
-        )
-        extra = (
-            {"code": latest.error_code, "message": latest.error_message, "retryable": True}
-            if kind == "assistant.failed"
-            else {"status": latest.status, "usage": latest.usage, "truncated": latest.truncated}
-        )
-        await self.send(
-            turns.frame(
-                kind,
-                conversation_id=str(conversation.pk),
-                message_id=latest.pk,
-                text_length=len(latest.text),
-                html=html,
-                **extra,
-            )
-        )
+        await self.send(protocol.final_frame(latest, html))
 
     @staticmethod
     def _latest_answer(conversation: Conversation, message_id: int | None) -> Message | None:
@@ -469,7 +410,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # A gap (a frame lost on the way): ask the turn for its text so far.
             if message_id not in self.resyncing:
                 self.resyncing.add(message_id)
-                await turns.request_snapshot(uuid.UUID(event["conversation_id"]), self.channel_name)
+                await runtime.request_snapshot(
+                    uuid.UUID(event["conversation_id"]), self.channel_name
+                )
             return
         self.resyncing.discard(message_id)
         self.offsets[message_id] = end
@@ -477,14 +420,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(event["frame"])
             return
         await self.send(
-            turns.frame(
-                "assistant.delta",
-                conversation_id=event["conversation_id"],
-                message_id=message_id,
-                offset=have,
-                text=text[have - offset :],
+            protocol.assistant_delta(
+                event["conversation_id"], message_id, have, text[have - offset :]
             )
         )
 
     async def _send_error(self, code: str, message: str, ref: str | None = None) -> None:
-        await self.send(turns.frame("error", code=code, message=message, ref=ref))
+        await self.send(protocol.error(code, message, ref))

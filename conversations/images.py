@@ -34,6 +34,7 @@ from conversations.models import (
     ToolInvocation,
     image_key,
 )
+from conversations.protocol import ChatimgError
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,8 @@ def tool_schema() -> dict[str, Any]:
     }
 
 
-class ToolError(Exception):
+class ToolError(ChatimgError):
     """A tool call that failed; the message is shown to the user and the model."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass

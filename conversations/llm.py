@@ -25,6 +25,9 @@ import httpx2
 import openai
 from django.conf import settings
 
+from conversations.models import Message, ToolInvocation
+from conversations.protocol import ChatimgError
+
 log = logging.getLogger(__name__)
 
 
@@ -49,23 +52,12 @@ class StreamEnd:
 StreamEvent = TextDelta | ToolCallRequest | StreamEnd
 
 
-class LLMError(Exception):
+class LLMError(ChatimgError):
     """A provider failure, typed for the protocol's assistant.failed frame."""
 
-    def __init__(self, code: str, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retryable = retryable
 
-
-class ImageAPIError(Exception):
+class ImageAPIError(ChatimgError):
     """The image could not be generated; `message` is fit to show the user."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -73,6 +65,78 @@ class Picture:
     data: bytes
     revised_prompt: str
     model: str
+
+
+# --- the messages the model is sent -------------------------------------------------
+
+CONTINUE_PROMPT = (
+    "Your last answer was cut off by its length limit. Continue it exactly where it "
+    "stopped, without repeating anything and without any preamble."
+)
+
+
+def model_messages(history: list[Message]) -> list[dict[str, Any]]:
+    """The context sent to the model, rebuilt from the stored history.
+
+    Image tool results appear only as their small JSON summary
+    ({image_id, prompt, revised_prompt, status}): never bytes, never a URL.
+    Only the fields the chat-completions spec requires, in shapes every
+    server accepts (see tool_call_message).
+    """
+    messages: list[dict[str, Any]] = [{"role": "system", "content": settings.SYSTEM_PROMPT}]
+    for message in history:
+        if message.role == Message.Role.USER:
+            messages.append({"role": "user", "content": message.text})
+            continue
+        pending_calls: list[ToolInvocation] = []
+        text_before_calls = ""
+        for text, invocation in message.segments():
+            if pending_calls and text:
+                _append_tool_round(messages, text_before_calls, pending_calls)
+                pending_calls, text_before_calls = [], ""
+            if invocation is None:
+                if text:
+                    messages.append({"role": "assistant", "content": text})
+                continue
+            if not pending_calls:
+                text_before_calls = text
+            pending_calls.append(invocation)
+        if pending_calls:
+            _append_tool_round(messages, text_before_calls, pending_calls)
+    return messages
+
+
+def _append_tool_round(
+    messages: list[dict[str, Any]], text: str, calls: list[ToolInvocation]
+) -> None:
+    messages.append(
+        tool_call_message(
+            text, [(call.call_id, call.name, json.dumps(call.arguments)) for call in calls]
+        )
+    )
+    for call in calls:
+        messages.append(tool_result_message(call.call_id, call.model_result()))
+
+
+def tool_call_message(text: str, calls: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """The assistant's tool-call turn from (id, name, JSON arguments) triples.
+
+    `content` is a string, never null: llama.cpp's server refuses null with
+    HTTP 500, and since the history is rebuilt the same way every time, so
+    would every later turn of the conversation.
+    """
+    return {
+        "role": "assistant",
+        "content": text,
+        "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+            for call_id, name, args in calls
+        ],
+    }
+
+
+def tool_result_message(call_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)}
 
 
 # --- the offline model ------------------------------------------------------------
@@ -160,24 +224,19 @@ def _llm_error(exc: Exception) -> LLMError:
     if isinstance(exc, openai.APIStatusError):
         log.warning("the model provider answered %s: %.500s", exc.status_code, exc.message)
     if isinstance(exc, openai.APIConnectionError) and _unreachable(exc):
-        return LLMError(
-            "upstream_unreachable", "The model server could not be reached.", retryable=True
-        )
+        return LLMError("upstream_unreachable", "The model server could not be reached.")
     if isinstance(exc, openai.APITimeoutError):
-        return LLMError("upstream_timeout", "The model took too long to answer.", retryable=True)
+        return LLMError("upstream_timeout", "The model took too long to answer.")
     if isinstance(exc, openai.APIConnectionError):
-        return LLMError(
-            "upstream_unreachable", "The model server could not be reached.", retryable=True
-        )
+        return LLMError("upstream_unreachable", "The model server could not be reached.")
     if isinstance(exc, openai.RateLimitError):
-        return LLMError("upstream_rate_limited", "The model provider is busy.", retryable=True)
+        return LLMError("upstream_rate_limited", "The model provider is busy.")
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        return LLMError("upstream_auth", "The model provider refused our key.", retryable=False)
+        return LLMError("upstream_auth", "The model provider refused our key.")
     if isinstance(exc, openai.NotFoundError):
         return LLMError(
             "upstream_model_not_found",
             f"The model provider has no model named {settings.CHAT_MODEL!r}.",
-            retryable=False,
         )
     if isinstance(exc, openai.BadRequestError) and (
         exc.code == "context_length_exceeded" or "context" in str(exc.message).lower()
@@ -185,15 +244,14 @@ def _llm_error(exc: Exception) -> LLMError:
         return LLMError(
             "context_too_long",
             "This chat is too long for the model; start a new chat.",
-            retryable=False,
+        )
+    if isinstance(exc, openai.APIStatusError) and exc.status_code < 500:
+        return LLMError(
+            "upstream_rejected", f"The model provider refused the request ({exc.status_code})."
         )
     if isinstance(exc, openai.APIStatusError):
-        return LLMError(
-            "upstream_error",
-            f"The model provider failed ({exc.status_code}).",
-            retryable=exc.status_code >= 500,
-        )
-    return LLMError("upstream_error", "The model's answer could not be read.", retryable=True)
+        return LLMError("upstream_error", f"The model provider failed ({exc.status_code}).")
+    return LLMError("upstream_error", "The model's answer could not be read.")
 
 
 def _token_limit(limit: int) -> dict[str, int]:
@@ -234,14 +292,18 @@ async def stream_chat(
         async with contextlib.aclosing(read_stream(response.iter_bytes())) as events:
             async for event in events:
                 yield event
+    except LLMError as exc:
+        if exc.code != "upstream_empty" or not tools:
+            raise
+        # llama-cpp-python cannot stream a tool call the model chose itself: it
+        # answers 200 with an empty body. Asked again without streaming, it can.
+        log.info("an empty stream to a request with tools; asking again without streaming")
+        for event in await _complete(kwargs):
+            yield event
     except httpx2.TimeoutException as exc:
-        raise LLMError(
-            "upstream_stalled", "The model stopped sending mid-answer.", retryable=True
-        ) from exc
+        raise LLMError("upstream_stalled", "The model stopped sending mid-answer.") from exc
     except (openai.OpenAIError, httpx2.HTTPError) as exc:
-        raise LLMError(
-            "upstream_stream_cut", "The model's answer was cut off.", retryable=True
-        ) from exc
+        raise LLMError("upstream_stream_cut", "The model's answer was cut off.") from exc
     finally:
         await request.__aexit__(None, None, None)
 
@@ -291,16 +353,12 @@ async def read_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent
             try:
                 chunk = json.loads(data)
             except ValueError as exc:  # also RecursionError's cousins: hostile bytes
-                raise LLMError(
-                    "upstream_error", "The model's answer could not be read.", retryable=True
-                ) from exc
+                raise LLMError("upstream_error", "The model's answer could not be read.") from exc
             if not isinstance(chunk, dict):
                 continue
             if chunk.get("error"):
                 log.warning("the model reported an error mid-stream: %.500s", chunk["error"])
-                raise LLMError(
-                    "upstream_error", "The model reported an error mid-answer.", retryable=True
-                )
+                raise LLMError("upstream_error", "The model reported an error mid-answer.")
             if isinstance(chunk.get("usage"), dict):
                 usage = {
                     "prompt_tokens": int(chunk["usage"].get("prompt_tokens") or 0),
@@ -320,15 +378,48 @@ async def read_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent
                 finish_reason = choice.get("finish_reason") or finish_reason
     if not done and finish_reason is None:
         if produced or calls:
-            raise LLMError("upstream_stream_cut", "The model's answer was cut off.", retryable=True)
-        raise LLMError("upstream_empty", EMPTY_ANSWER, retryable=True)
+            raise LLMError("upstream_stream_cut", "The model's answer was cut off.")
+        raise LLMError("upstream_empty", EMPTY_ANSWER)
     complete = [call for call in calls.values() if call.name]
     if not produced and not complete and finish_reason != "content_filter":
-        raise LLMError("upstream_empty", EMPTY_ANSWER, retryable=True)
+        raise LLMError("upstream_empty", EMPTY_ANSWER)
     for index, call in sorted(calls.items()):
         if call.name:
             yield ToolCallRequest(call.id or f"call_{index}", call.name, call.arguments)
     yield StreamEnd(finish_reason or "stop", usage)
+
+
+async def _complete(kwargs: dict[str, Any]) -> list[StreamEvent]:
+    """The same request without streaming, as the events a stream would have given."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("stream", "stream_options")}
+    try:
+        completion = await client().chat.completions.create(**kwargs)
+    except openai.OpenAIError as exc:
+        raise _llm_error(exc) from exc
+    events: list[StreamEvent] = []
+    choice = completion.choices[0] if completion.choices else None
+    message = choice.message if choice else None
+    if message and message.content:
+        events.append(TextDelta(message.content))
+    for index, call in enumerate((message.tool_calls if message else None) or ()):
+        function = getattr(call, "function", None)
+        if function is not None and function.name:
+            events.append(
+                ToolCallRequest(call.id or f"call_{index}", function.name, function.arguments)
+            )
+    if not events and (choice is None or choice.finish_reason != "content_filter"):
+        raise LLMError("upstream_empty", EMPTY_ANSWER)
+    usage = completion.usage
+    tokens = (
+        {
+            "prompt_tokens": usage.prompt_tokens or 0,
+            "completion_tokens": usage.completion_tokens or 0,
+        }
+        if usage
+        else {}
+    )
+    events.append(StreamEnd((choice.finish_reason if choice else None) or "stop", tokens))
+    return events
 
 
 def _partial_call(
@@ -483,7 +574,11 @@ TITLE_PROMPT = (
 )
 TITLE_MAX_TOKENS = 24
 # "Title: …", "**Chat title** - …": the label some models put before the title.
-_TITLE_LABEL = re.compile(r"^\s*(?:chat\s+)?title\s*[:\-\u2013\u2014]\s*", re.IGNORECASE)
+# Small models also echo the prompt's "User:" / "Assistant:" labels.
+_TITLE_LABEL = re.compile(
+    r"^\s*(?:(?:chat\s+)?title|user|assistant)\s*[:\-\u2013\u2014]\s*", re.IGNORECASE
+)
+TITLE_MAX_WORDS = 8
 _MARKDOWN = re.compile(r"[*`#>~]+|(?<!\w)_+|_+(?!\w)|^\s*[-+]\s+|\[([^\]]*)\]\([^)]*\)")
 
 
@@ -494,7 +589,7 @@ def clean_title(raw: str) -> str:
     title = _MARKDOWN.sub(lambda m: m.group(1) or "", title)
     quotes = "\"'\u201c\u201d\u2018\u2019 "
     title = _TITLE_LABEL.sub("", title.strip(quotes))
-    title = " ".join(title.split()).strip(quotes).rstrip(".").strip()
+    title = " ".join(title.split()[:TITLE_MAX_WORDS]).strip(quotes).rstrip(".,;:").strip()
     return title[:80]
 
 

@@ -1,22 +1,23 @@
 """The turn engine: one assistant answer, from the user's message to its final status.
 
-A turn is an asyncio task owned by the process, not by the socket that asked
-for it: a closed tab, a refresh or a second client does not stop it, only
-`cancel()` does. Everything it produces goes to the conversation's channel-layer
-group, so any client on any process can follow it.
+A Turn talks to the model (rounds of streamed text and tool calls), runs the
+tools, and ends the answer with a stored final state and its frame. It is run
+by this process's runtime (conversations/runtime.py) as a task that a closed
+socket does not stop; only `cancel()` (or the process's end) does.
+Everything it produces goes to the conversation's channel-layer group, so any
+client on any process can follow it.
 
-Hot path rules: no database write per token. Deltas are coalesced over a short
-window and published with the character offset they start at; the text is
-checkpointed to the database at a bounded interval and at the end.
+Hot path rules: no database write per token. Deltas are coalesced
+(conversations/coalescer.py) and published with the character offset they
+start at; the text is checkpointed to the database at a bounded interval and
+at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,106 +25,11 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations import images, llm
+from conversations import images, llm, protocol
+from conversations.coalescer import Coalescer
 from conversations.models import INTERRUPTED_MESSAGE, Conversation, Message, ToolInvocation
 
 log = logging.getLogger(__name__)
-
-INTERRUPTED = llm.LLMError("interrupted", INTERRUPTED_MESSAGE, retryable=True)
-
-# Turns running in this process, by conversation id. Holding the task here is
-# also what keeps it alive after the socket that started it has gone.
-_running: dict[uuid.UUID, Turn] = {}
-
-
-async def publish(conversation_id: uuid.UUID, payload: str) -> None:
-    """Send one protocol frame to everyone following the conversation."""
-    await get_channel_layer().group_send(
-        group_name(conversation_id), {"type": "chat.event", "frame": payload}
-    )
-
-
-def control_group(conversation_id: uuid.UUID) -> str:
-    """The group a running turn listens on for cancel and snapshot requests."""
-    return f"turnctl.{conversation_id.hex}"
-
-
-def group_name(conversation_id: uuid.UUID) -> str:
-    return f"conv.{conversation_id.hex}"
-
-
-def frame(kind: str, **fields: Any) -> str:
-    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
-
-
-CONTINUE_PROMPT = (
-    "Your last answer was cut off by its length limit. Continue it exactly where it "
-    "stopped, without repeating anything and without any preamble."
-)
-
-
-def model_messages(history: list[Message]) -> list[dict[str, Any]]:
-    """The context sent to the model, rebuilt from the stored history.
-
-    Image tool results appear only as their small JSON summary
-    ({image_id, prompt, revised_prompt, status}): never bytes, never a URL.
-    Only the fields the chat-completions spec requires, in shapes every
-    server accepts (see tool_call_message).
-    """
-    messages: list[dict[str, Any]] = [{"role": "system", "content": settings.SYSTEM_PROMPT}]
-    for message in history:
-        if message.role == Message.Role.USER:
-            messages.append({"role": "user", "content": message.text})
-            continue
-        pending_calls: list[ToolInvocation] = []
-        text_before_calls = ""
-        for text, invocation in message.segments():
-            if pending_calls and text:
-                _append_tool_round(messages, text_before_calls, pending_calls)
-                pending_calls, text_before_calls = [], ""
-            if invocation is None:
-                if text:
-                    messages.append({"role": "assistant", "content": text})
-                continue
-            if not pending_calls:
-                text_before_calls = text
-            pending_calls.append(invocation)
-        if pending_calls:
-            _append_tool_round(messages, text_before_calls, pending_calls)
-    return messages
-
-
-def _append_tool_round(
-    messages: list[dict[str, Any]], text: str, calls: list[ToolInvocation]
-) -> None:
-    messages.append(
-        tool_call_message(
-            text, [(call.call_id, call.name, json.dumps(call.arguments)) for call in calls]
-        )
-    )
-    for call in calls:
-        messages.append(tool_result_message(call.call_id, call.model_result()))
-
-
-def tool_call_message(text: str, calls: list[tuple[str, str, str]]) -> dict[str, Any]:
-    """The assistant's tool-call turn from (id, name, JSON arguments) triples.
-
-    `content` is a string, never null: llama.cpp's server refuses null with
-    HTTP 500, and since the history is rebuilt the same way every time, so
-    would every later turn of the conversation.
-    """
-    return {
-        "role": "assistant",
-        "content": text,
-        "tool_calls": [
-            {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
-            for call_id, name, args in calls
-        ],
-    }
-
-
-def tool_result_message(call_id: str, result: dict[str, Any]) -> dict[str, Any]:
-    return {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)}
 
 
 @dataclass
@@ -137,58 +43,64 @@ class TurnContext:
 class Turn:
     def __init__(self, context: TurnContext) -> None:
         self.context = context
-        self.group = group_name(context.conversation_id)
+        self.group = protocol.group_name(context.conversation_id)
         self.layer = get_channel_layer()
-        self.text = ""  # everything received so far
-        self.published = 0  # how much of it has gone out as deltas
+        self.stream = Coalescer(settings.STREAM_COALESCE_MS / 1000, self._publish_delta)
         self.usage: dict[str, int] = {}
         self.task: asyncio.Task[None] | None = None
         self.question = ""  # the user message this answers, loaded with the context
         self.first_exchange = False
         self.tool_calls = 0
         self.truncated = False  # the model stopped at its length limit
+        self.wants_title = False  # a complete first exchange: the runtime asks for a title
         self.cancel_requested = False
-        self._publish_lock = asyncio.Lock()
-        self._last_flush = float("-inf")
-        self._flush_handle: asyncio.TimerHandle | None = None
-        self._flush_task: asyncio.Task[None] | None = None
-        self._window = settings.STREAM_COALESCE_MS / 1000
+        self.resume_from = ""  # a continuation's text so far
+
+    @property
+    def text(self) -> str:
+        return self.stream.text
 
     # --- lifecycle ---------------------------------------------------------------
 
     def cancel(self) -> None:
+        """Stop at once, keeping the text so far: the user's Stop."""
         if self.task is not None and not self.task.done():
             self.cancel_requested = True
             self.task.cancel()
 
+    def interrupt(self) -> None:
+        """Stop at once because the process stops: the answer ends `interrupted`."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
     async def run(self) -> None:
-        control = await control_channel()
-        await self.layer.group_add(control_group(self.context.conversation_id), control)
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             async with asyncio.timeout(settings.TURN_TIMEOUT_SECONDS):
                 await self._converse()
         except asyncio.CancelledError:
             if self.cancel_requested:
-                await self._finish(Message.Status.CANCELLED)
+                await self._end(Message.Status.CANCELLED)
             else:  # the process is shutting down under us
-                await self._fail(INTERRUPTED, status=Message.Status.INTERRUPTED)
+                await self._end(
+                    Message.Status.INTERRUPTED, llm.LLMError("interrupted", INTERRUPTED_MESSAGE)
+                )
         except TimeoutError:
-            await self._fail(
-                llm.LLMError("turn_timeout", "The answer took too long.", retryable=True)
+            await self._end(
+                Message.Status.FAILED, llm.LLMError("turn_timeout", "The answer took too long.")
             )
         except llm.LLMError as exc:
-            await self._fail(exc)
+            await self._end(Message.Status.FAILED, exc)
         except Exception:
             log.exception("turn %s crashed", self.context.message_id)
-            await self._fail(
-                llm.LLMError("internal_error", "Something went wrong on our side.", retryable=True)
+            await self._end(
+                Message.Status.FAILED,
+                llm.LLMError("internal_error", "Something went wrong on our side."),
             )
         else:
-            await self._finish(Message.Status.COMPLETE)
+            await self._end(Message.Status.COMPLETE)
         finally:
             heartbeat.cancel()
-            await self.layer.group_discard(control_group(self.context.conversation_id), control)
 
     async def _heartbeat(self) -> None:
         """Checkpoint the text at a fixed pace, however many tokens arrive.
@@ -203,16 +115,14 @@ class Turn:
 
     async def send_snapshot(self, reply_to: str) -> None:
         """Send everything published so far; the consumer trims what its client has."""
-        async with self._publish_lock:
+
+        async def send(text: str) -> None:
             await self.layer.send(
                 reply_to,
-                {
-                    "type": "chat.delta",
-                    **self._ids(),
-                    "offset": 0,
-                    "text": self.text[: self.published],
-                },
+                {"type": "chat.delta", **self._event_ids(), "offset": 0, "text": text},
             )
+
+        await self.stream.published_text(send)
 
     # --- the conversation with the model --------------------------------------
 
@@ -225,7 +135,9 @@ class Turn:
         requests in one answer).
         """
         messages = await database_sync_to_async(self._load_context)()
-        await self._publish(frame("assistant.started", **self._ids()))
+        if self.context.continuation:
+            self.stream = Coalescer(self.stream.window, self._publish_delta, self.resume_from)
+        await self._publish(protocol.assistant_started(*self._ids()))
         calls_left = settings.MAX_TOOL_CALLS_PER_TURN
         for round_number in range(1, settings.MAX_MODEL_ROUNDS + 1):
             offered = calls_left > 0 and round_number < settings.MAX_MODEL_ROUNDS
@@ -241,16 +153,16 @@ class Turn:
                     len(calls),
                 )
                 return
-            await self._flush()
+            await self.stream.flush()
             messages.append(
-                tool_call_message(
+                llm.tool_call_message(
                     self.text[segment_start:], [(c.call_id, c.name, c.arguments) for c in calls]
                 )
             )
             for call in calls:
                 result = await self._run_tool(call, allowed=calls_left > 0)
                 calls_left -= 1
-                messages.append(tool_result_message(call.call_id, result))
+                messages.append(llm.tool_result_message(call.call_id, result))
 
     async def _stream_round(
         self, messages: list[dict[str, Any]], *, offered: bool, after_tools: bool
@@ -267,8 +179,8 @@ class Turn:
                     if starts_after_image and self.text[-1:] not in ("", "\n"):
                         # Text after an image starts a new paragraph, not mid-line
                         # ("…at dusk.Here is…" for clients that print plain text).
-                        self._add_text("\n\n")
-                    self._add_text(event.text)
+                        self.stream.add("\n\n")
+                    self.stream.add(event.text)
                 elif isinstance(event, llm.ToolCallRequest):
                     calls.append(event)
                 else:
@@ -294,20 +206,19 @@ class Turn:
         self.question = history[-1].text if history else ""
         self.first_exchange = len(history) == 1
         if not self.context.continuation:
-            return model_messages(history)
+            return llm.model_messages(history)
         # Carry on the truncated answer: its text so far is this turn's start,
         # and the model sees it, then is asked to go on from where it stopped.
         answer = Message.objects.prefetch_related("tool_invocations__image").get(
             pk=self.context.message_id
         )
-        self.text = answer.text
-        self.published = len(answer.text)
+        self.resume_from = answer.text
         self.usage = dict(answer.usage)
         self.tool_calls = len(answer.tool_invocations.all())
         self.first_exchange = False
         return [
-            *model_messages([*history, answer]),
-            {"role": "user", "content": CONTINUE_PROMPT},
+            *llm.model_messages([*history, answer]),
+            {"role": "user", "content": llm.CONTINUE_PROMPT},
         ]
 
     async def _run_tool(self, call: llm.ToolCallRequest, *, allowed: bool) -> dict[str, Any]:
@@ -324,10 +235,10 @@ class Turn:
             arguments=arguments,
             text_offset=len(self.text),
         )
-        ids = {**self._ids(), "tool_call_id": invocation.id, "name": invocation.name}
+        ids = {"tool_call_id": invocation.id, "name": invocation.name}
         await self._publish(
-            frame(
-                "tool.started",
+            protocol.tool_started(
+                *self._ids(),
                 **ids,
                 offset=invocation.text_offset,
                 prompt=invocation.prompt,
@@ -351,7 +262,7 @@ class Turn:
         except images.ToolError as exc:
             await database_sync_to_async(invocation.fail)(exc.message)
             await self._publish(
-                frame("tool.failed", **ids, error={"code": exc.code, "message": exc.message})
+                protocol.tool_failed(*self._ids(), **ids, code=exc.code, message=exc.message)
             )
             return invocation.result
         result: dict[str, Any] = {
@@ -366,8 +277,8 @@ class Turn:
             result["images_left_today"] = remaining
         await database_sync_to_async(invocation.complete)(result)
         await self._publish(
-            frame(
-                "tool.completed",
+            protocol.tool_completed(
+                *self._ids(),
                 **ids,
                 image=image.summary(),
                 notes=request.notes,
@@ -378,115 +289,77 @@ class Turn:
 
     # --- streaming out -----------------------------------------------------------
 
-    def _ids(self) -> dict[str, Any]:
+    def _ids(self) -> tuple[uuid.UUID, int]:
+        return self.context.conversation_id, self.context.message_id
+
+    def _event_ids(self) -> dict[str, Any]:
         return {
             "conversation_id": str(self.context.conversation_id),
             "message_id": self.context.message_id,
         }
 
-    def _add_text(self, text: str) -> None:
-        self.text += text
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        # Leading edge: a delta after a quiet spell goes out at once (time to
-        # first token); within the window, pieces wait and go out together.
-        if self._flush_handle is None and self._flush_task is None:
-            delay = max(0.0, self._last_flush + self._window - now)
-            self._flush_handle = loop.call_later(delay, self._start_flush)
-
-    def _start_flush(self) -> None:
-        self._flush_handle = None
-        self._flush_task = asyncio.create_task(self._flush())
-        self._flush_task.add_done_callback(self._flush_done)
-
-    def _flush_done(self, task: asyncio.Task[None]) -> None:
-        self._flush_task = None
-        if not task.cancelled() and task.exception() is not None:
-            log.error("publishing a delta failed: %s", task.exception())
-
-    async def _flush(self) -> None:
-        async with self._publish_lock:
-            if self.published >= len(self.text):
-                return
-            offset, text = self.published, self.text[self.published :]
-            self.published = len(self.text)
-            self._last_flush = asyncio.get_running_loop().time()
-            ids = self._ids()
-            await self.layer.group_send(
-                self.group,
-                {
-                    "type": "chat.delta",
-                    **ids,
-                    "offset": offset,
-                    "text": text,
-                    # Encoded once here, not once per follower: most of them
-                    # need exactly these bytes.
-                    "frame": frame("assistant.delta", **ids, offset=offset, text=text),
-                },
-            )
+    async def _publish_delta(self, offset: int, text: str) -> None:
+        await self.layer.group_send(
+            self.group,
+            {
+                "type": "chat.delta",
+                **self._event_ids(),
+                "offset": offset,
+                "text": text,
+                # Encoded once here, not once per follower: most of them
+                # need exactly these bytes.
+                "frame": protocol.assistant_delta(*self._ids(), offset, text),
+            },
+        )
 
     async def _publish(self, payload: str) -> None:
-        await self._flush()
-        async with self._publish_lock:
+        """An event, after the text before it."""
+
+        async def send() -> None:
             await self.layer.group_send(self.group, {"type": "chat.event", "frame": payload})
+
+        await self.stream.then(send)
 
     # --- endings -----------------------------------------------------------------
 
-    async def _settle_pending_writes(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+    async def _end(self, status: str, error: llm.LLMError | None = None) -> None:
+        """Store the final state, then tell every follower (the same frame as catch-up)."""
         # Whatever was received is shown: the stored text is what the user saw.
-        await self._flush()
-
-    async def _finish(self, status: str) -> None:
-        await self._settle_pending_writes()
-        html = await database_sync_to_async(self._save_final)(status, "", "")
-        if status == Message.Status.COMPLETE and self.first_exchange and settings.LLM_TITLES:
-            # After the answer, not before: a title must never delay the text.
-            _background(self._retitle())
+        await self.stream.settle()
+        truncated = self.truncated and status == Message.Status.COMPLETE
+        code, message = (error.code, error.message) if error else ("", "")
+        html = await database_sync_to_async(self._save_final)(status, code, message, truncated)
+        self.wants_title = (
+            status == Message.Status.COMPLETE and self.first_exchange and settings.LLM_TITLES
+        )
         await self._publish(
-            frame(
-                "assistant.completed",
-                **self._ids(),
+            protocol.answer_ended(
+                *self._ids(),
                 status=status,
                 text_length=len(self.text),
                 html=html,
                 usage=self.usage,
-                truncated=self.truncated and status == Message.Status.COMPLETE,
-            ),
+                truncated=truncated,
+                error_code=code,
+                error_message=message,
+            )
         )
 
-    async def _fail(self, error: llm.LLMError, status: str = Message.Status.FAILED) -> None:
-        await self._settle_pending_writes()
-        html = await database_sync_to_async(self._save_final)(status, error.code, error.message)
-        await self._publish(
-            frame(
-                "assistant.failed",
-                **self._ids(),
-                code=error.code,
-                message=error.message,
-                retryable=error.retryable,
-                text_length=len(self.text),
-                html=html,
-            ),
-        )
-
-    async def _retitle(self) -> None:
+    async def retitle(self) -> None:
+        """Ask the model for a title after the first exchange; tell every follower."""
         title = await llm.suggest_title(self.question, self.text)
         if not title:
             return
         await Conversation.objects.filter(pk=self.context.conversation_id).aupdate(title=title)
-        await publish(
-            self.context.conversation_id,
-            frame(
-                "conversation.updated",
-                conversation_id=str(self.context.conversation_id),
-                title=title,
-            ),
+        await self.layer.group_send(
+            self.group,
+            {
+                "type": "chat.event",
+                "frame": protocol.conversation_updated(self.context.conversation_id, title),
+            },
         )
 
-    def _save_final(self, status: str, code: str, error: str) -> str:
+    def _save_final(self, status: str, code: str, error: str, truncated: bool) -> str:
         """Store the final state and return the message's HTML (one trip to the ORM thread).
 
         One UPDATE for an answer without tool calls, the usual case: its HTML
@@ -503,7 +376,7 @@ class Turn:
             usage=self.usage,
             error_code=code,
             error_message=error,
-            truncated=self.truncated and status == Message.Status.COMPLETE,
+            truncated=truncated,
         )
         if not self.tool_calls:
             return message.body_html(invocations=[])
@@ -515,127 +388,3 @@ class Turn:
             .get(pk=message.pk)
             .body_html()
         )
-
-
-# One control receiver per process (per event loop): it is never cancelled while
-# the process runs. Cancelling a pending channels-redis receive() mid-BZPOPMIN
-# leaves the shared connection unusable for the process's other receivers, so
-# turns do not each run (and cancel) a receiver of their own.
-_control: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, asyncio.Task[None]]]
-_control = weakref.WeakKeyDictionary()
-
-
-async def control_channel() -> str:
-    """This process's channel for cancel and snapshot requests to its turns."""
-    loop = asyncio.get_running_loop()
-    if loop not in _control:
-        layer = get_channel_layer()
-        # The default prefix matters: channels-redis serves every process-local
-        # channel through one BZPOPMIN on "specific.<client>!", under one lock.
-        channel = await layer.new_channel()
-        _control[loop] = (channel, loop.create_task(_serve_control(layer, channel)))
-        _sweepers[loop] = loop.create_task(_sweep_forever())
-    return _control[loop][0]
-
-
-async def _serve_control(layer: Any, channel: str) -> None:
-    while True:
-        request = await layer.receive(channel)
-        try:
-            turn = _running.get(uuid.UUID(request["conversation_id"]))
-            if turn is None:
-                continue  # finished meanwhile, or another process's turn
-            if request["type"] == "turn.cancel":
-                turn.cancel()
-            elif request["type"] == "turn.snapshot":
-                await turn.send_snapshot(request["reply_to"])
-        except Exception:
-            log.exception("bad turn control request %r", request)
-
-
-_sweepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]]
-_sweepers = weakref.WeakKeyDictionary()
-
-
-async def sweep_stale_turns() -> int:
-    """Close answers whose process died, and tell whoever follows them."""
-    closed = await database_sync_to_async(_close_stale)()
-    for message, html in closed:
-        payload = frame(
-            "assistant.failed",
-            conversation_id=str(message.conversation_id),
-            message_id=message.pk,
-            code=INTERRUPTED.code,
-            message=INTERRUPTED.message,
-            retryable=INTERRUPTED.retryable,
-            text_length=len(message.text),
-            html=html,
-        )
-        await publish(message.conversation_id, payload)
-    return len(closed)
-
-
-def _close_stale() -> list[tuple[Message, str]]:
-    closed = Message.objects.mark_stale_interrupted()
-    return [
-        (
-            message,
-            Message.objects.prefetch_related("tool_invocations__image")
-            .get(pk=message.pk)
-            .body_html(),
-        )
-        for message in closed
-    ]
-
-
-async def _sweep_forever() -> None:
-    """At start-up and then periodically (every process does it; it is idempotent)."""
-    while True:
-        try:
-            await sweep_stale_turns()
-        except Exception:
-            log.exception("sweeping stale answers failed")
-        await asyncio.sleep(max(1.0, settings.STALE_TURN_SECONDS / 2))
-
-
-_tasks: set[asyncio.Task[Any]] = set()
-
-
-def _background(coroutine: Any) -> None:
-    """Run a fire-and-forget task, holding a reference so it is not collected."""
-    task = asyncio.get_running_loop().create_task(coroutine)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
-
-
-def launch(context: TurnContext) -> Turn:
-    """Start a turn as a task of this process (it outlives the calling socket)."""
-    turn = Turn(context)
-    turn.task = asyncio.get_running_loop().create_task(turn.run())
-    _running[context.conversation_id] = turn
-    turn.task.add_done_callback(lambda _: _running.pop(context.conversation_id, None))
-    return turn
-
-
-def running(conversation_id: uuid.UUID) -> Turn | None:
-    return _running.get(conversation_id)
-
-
-async def request_cancel(conversation_id: uuid.UUID) -> None:
-    """Cancel the conversation's turn wherever it runs (this or another process)."""
-    turn = _running.get(conversation_id)
-    if turn is not None:
-        turn.cancel()
-        return
-    await get_channel_layer().group_send(
-        control_group(conversation_id),
-        {"type": "turn.cancel", "conversation_id": str(conversation_id)},
-    )
-
-
-async def request_snapshot(conversation_id: uuid.UUID, reply_to: str) -> None:
-    """Ask the turn's owner to send the text published so far to `reply_to`."""
-    await get_channel_layer().group_send(
-        control_group(conversation_id),
-        {"type": "turn.snapshot", "conversation_id": str(conversation_id), "reply_to": reply_to},
-    )

@@ -26,7 +26,7 @@ from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET, require_POST
 
-from conversations import turns
+from conversations import protocol, runtime
 from conversations.auth import session_or_token_required
 from conversations.models import (
     ApiToken,
@@ -39,34 +39,10 @@ from conversations.models import (
 #: Sidebar entries per page (the first page is in the chat page, the rest load on demand).
 CONVERSATIONS_PER_PAGE = 30
 
-#: Plain sentences for the error codes of protocol v1. The page shows these, with the
-#: server's own message as detail; chat.js reads the same table (json_script).
-ERROR_TEXTS = {
-    "upstream_rate_limited": "The model is getting too many requests right now.",
-    "upstream_timeout": "The model took too long to answer.",
-    "upstream_unreachable": "The model's server could not be reached; it may be down.",
-    "upstream_auth": "The model refused the server's credentials; tell the site's operator.",
-    "upstream_model_not_found": "The model this site is set up to use does not exist there; "
-    "tell the site's operator.",
-    "upstream_error": "The model answered with an error.",
-    "upstream_empty": "The model sent an empty answer.",
-    "upstream_stream_cut": "The model's answer broke off; the text so far is kept.",
-    "upstream_stalled": "The model stopped sending mid-answer; the text so far is kept.",
-    "content_filtered": "The model provider's content filter stopped this answer.",
-    "context_too_long": "This chat is now too long for the model: start a new chat.",
-    "nothing_to_continue": "The last answer is complete; there is nothing to continue.",
-    "turn_timeout": "The answer took too long and was stopped.",
-    "internal_error": "Something went wrong on our side.",
-    "interrupted": "The server restarted while writing this answer; the text so far is kept.",
-    "rate_limited": "You are sending messages too quickly.",
-    "message_too_long": "That message is too long.",
-    "turn_in_progress": "An answer is still being written: wait for it, or stop it.",
-    "nothing_to_regenerate": "There is no answer to redo.",
-    "not_found": "This conversation no longer exists.",
-    "frame_too_large": "That message is too large to send.",
-    "unauthenticated": "You have been logged out.",
-    "": "Something went wrong.",
-}
+#: Plain sentences for the error codes of protocol v1 (conversations/protocol.py).
+#: The page shows these, with the server's own message as detail; chat.js reads the
+#: same table (json_script).
+ERROR_TEXTS = protocol.page_texts()
 
 
 def conversation_page(
@@ -141,9 +117,9 @@ def rename_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     except ValueError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     # Other tabs and devices on this conversation update their title too.
-    async_to_sync(turns.publish)(
+    async_to_sync(runtime.publish)(
         conversation.pk,
-        turns.frame("conversation.updated", conversation_id=str(conversation.pk), title=title),
+        protocol.conversation_updated(conversation.pk, title),
     )
     if wants_json(request):
         return JsonResponse({"id": str(conversation.pk), "title": title})

@@ -391,3 +391,33 @@ async def test_with_images_on_s3_it_follows_the_redirect_to_the_signed_url_and_s
     assert f"[image saved: {saved} (256x256)]" in err.getvalue()
     assert not any(s3_app.media_root.rglob("*.png"))  # it really came from the bucket
     assert f"GET /images/{saved.stem}/ 302" in s3_app.log_tail()  # the app redirected
+
+
+async def test_an_answer_cut_at_its_length_limit_is_carried_on_with_continue(
+    app: AppServer, tokens: dict[str, str], model: OfflineModelServer, tmp_path: Path
+) -> None:
+    model.script_chat(
+        Reply(tokens=["The ", "tide ", "came "], finish_reason="length"),
+        Reply(tokens=["in ", "slowly."]),
+    )
+    out, err = io.StringIO(), io.StringIO()
+    code = await run("tell me", url=app.url, token=tokens["laptop"], out=out, err=err)
+    assert code == EXIT_OK, err.getvalue()
+    assert out.getvalue() == "The tide came \n"
+    assert "length limit; --continue" in err.getvalue()
+    conversation = conversation_of(err.getvalue())
+
+    result = await asyncio.to_thread(
+        client_command,
+        "--url",
+        app.url,
+        "--token",
+        tokens["laptop"],
+        "--conversation",
+        conversation,
+        "--continue",
+        stdin="",
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout == "in slowly.\n"  # only what is new
+    assert latest_answer(app, conversation) == "The tide came in slowly."

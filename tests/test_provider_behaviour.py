@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from conversations import turns
+from conversations import llm
 from conversations.models import Conversation, GeneratedImage, Message
 from conversations.offline_model import Fail, ImageReply, Reply, ToolCall
 from tests.conftest import text_of
@@ -31,10 +31,11 @@ async def ask(connect: Any, make_user: Any, text: str = "hello", **send: Any) ->
 async def test_an_empty_answer_is_a_retryable_failure_not_an_empty_bubble(
     make_user: Any, connect: Any, fake_openai: Any
 ) -> None:
-    fake_openai.script_chat(Reply(text=""))
+    fake_openai.script_chat(Reply(text=""), Reply(text=""))
     _, frames = await ask(connect, make_user)
     assert frames[-1]["type"] == "assistant.failed"
     assert frames[-1]["code"] == "upstream_empty" and frames[-1]["retryable"] is True
+    assert len(fake_openai.chat_requests()) == 2  # streamed, then once without streaming
     answer = await Message.objects.aget(pk=frames[-1]["message_id"])
     assert answer.status == "failed" and answer.error_code == "upstream_empty"
 
@@ -64,7 +65,7 @@ async def test_a_length_ending_keeps_the_text_marks_it_truncated_and_continue_ca
     # The model saw what it had written, then was asked to go on.
     sent = fake_openai.chat_requests()[-1].body["messages"]
     assert sent[-2] == {"role": "assistant", "content": "The lighthouse stood "}
-    assert sent[-1] == {"role": "user", "content": turns.CONTINUE_PROMPT}
+    assert sent[-1] == {"role": "user", "content": llm.CONTINUE_PROMPT}
 
 
 async def test_continue_is_refused_when_the_answer_was_not_cut_off(
@@ -342,3 +343,23 @@ async def test_azure_api_version_endpoints_are_called_by_deployment_with_an_api_
     assert image.path == "/openai/deployments/my-image-deployment/images/generations"
     assert chat.query == image.query == "api-version=2024-10-21"
     assert chat.headers["api-key"] == "sk-test" and "authorization" not in chat.headers
+
+
+async def test_a_server_that_cannot_stream_a_tool_call_is_asked_again_without_streaming(
+    make_user: Any, connect: Any, fake_openai: Any, local_storage: Any
+) -> None:
+    # llama-cpp-python answers a streamed request in which the model chose a
+    # tool with 200 and an empty body; without streaming it returns the call.
+    fake_openai.script_chat(
+        Reply(text=""),
+        Reply(tool_calls=[ToolCall(arguments={"prompt": "a lighthouse at dusk"})]),
+        Reply(text="Here is your lighthouse."),
+    )
+    _, frames = await ask(connect, make_user, "draw a lighthouse at dusk")
+    assert frames[-1]["type"] == "assistant.completed"
+    assert any(f["type"] == "tool.completed" for f in frames)
+    first, again, follow_up = (r.body for r in fake_openai.chat_requests())
+    assert first["stream"] is True and "stream" not in again and "tools" in again
+    assert follow_up["stream"] is True
+    assert text_of(frames, frames[-1]["message_id"]) == "Here is your lighthouse."
+    assert await GeneratedImage.objects.acount() == 1

@@ -156,6 +156,12 @@ def test_a_title_is_cleaned_of_markdown_labels_and_quotes(raw: str) -> None:
     assert llm.clean_title(raw) == "Lighthouse at Dusk"
 
 
+def test_a_title_loses_an_echoed_prompt_label_and_stays_short() -> None:
+    # What gemma-3-270m on llama-cpp-python wrote as a "title" (seen live).
+    raw = "Assistant: You are a helper in the chat app that can ask for help when necessary"
+    assert llm.clean_title(raw) == "You are a helper in the chat app"
+
+
 def test_a_title_keeps_underscores_inside_words() -> None:
     assert llm.clean_title("_snake_case_ tips") == "snake_case tips"
 

@@ -11,7 +11,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from conversations import turns
+from conversations import runtime
 from conversations.models import ApiToken, Conversation, Message, ToolInvocation
 from conversations.offline_model import Fail, Hang, Reply, ToolCall
 from tests.conftest import ChatSocket, open_socket, text_of
@@ -334,13 +334,13 @@ async def test_a_stale_answer_is_marked_interrupted_and_its_followers_are_told(
     )
     assert (await socket.receive())["status"] == "streaming"
 
-    assert await turns.sweep_stale_turns() == 1
+    assert await runtime.sweep_stale_turns() == 1
     frames = await socket.receive_until("assistant.failed")
     assert frames[-1]["code"] == "interrupted" and "Half an ans" in frames[-1]["html"]
     await answer.arefresh_from_db()
     assert (answer.status, answer.text) == ("interrupted", "Half an ans")
     assert (await ToolInvocation.objects.aget()).status == "failed"
-    assert await turns.sweep_stale_turns() == 0
+    assert await runtime.sweep_stale_turns() == 0
 
 
 async def test_a_live_answer_is_not_taken_for_a_dead_one(
@@ -353,7 +353,7 @@ async def test_a_live_answer_is_not_taken_for_a_dead_one(
     accepted = await socket.receive()
     for _ in range(5):
         await asyncio.sleep(0.12)
-        assert await turns.sweep_stale_turns() == 0
+        assert await runtime.sweep_stale_turns() == 0
     frames = await socket.receive_until("assistant.completed")
     assert text_of(socket.frames, accepted["assistant_message_id"]) == UPSTREAM
     assert frames[-1]["status"] == "complete"

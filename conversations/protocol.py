@@ -1,0 +1,311 @@
+"""Websocket protocol v1 on the wire: every server frame is built here, and every code.
+
+docs/protocol.md is the reference. One builder per server frame, used by the
+live events of a turn and by catch-up alike, so that a client sees the same
+frame for the same state however it learns of it. One vocabulary of codes
+(`CODES`): what each means to a person (the page shows the text) and whether
+trying again can help; `ChatimgError` is the one exception that carries a code.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str  # for a person: the page shows it, with the server's message as detail
+    retryable: bool = True
+
+
+CODES: dict[str, Code] = {
+    # The model provider (assistant.failed).
+    "upstream_unreachable": Code("The model's server could not be reached; it may be down."),
+    "upstream_timeout": Code("The model took too long to answer."),
+    "upstream_stalled": Code("The model stopped sending mid-answer; the text so far is kept."),
+    "upstream_stream_cut": Code("The model's answer broke off; the text so far is kept."),
+    "upstream_empty": Code("The model sent an empty answer."),
+    "upstream_error": Code("The model answered with an error."),
+    "upstream_rejected": Code("The model refused the request.", retryable=False),
+    "upstream_rate_limited": Code("The model is getting too many requests right now."),
+    "upstream_auth": Code(
+        "The model refused the server's credentials; tell the site's operator.", retryable=False
+    ),
+    "upstream_model_not_found": Code(
+        "The model this site is set up to use does not exist there; tell the site's operator.",
+        retryable=False,
+    ),
+    "context_too_long": Code(
+        "This chat is now too long for the model: start a new chat.", retryable=False
+    ),
+    "content_filtered": Code(
+        "The model provider's content filter stopped this answer.", retryable=False
+    ),
+    "turn_timeout": Code("The answer took too long and was stopped."),
+    "internal_error": Code("Something went wrong on our side."),
+    "interrupted": Code("The server stopped while writing this answer; the text so far is kept."),
+    # Refused frames (error).
+    "unauthenticated": Code("You have been logged out.", retryable=False),
+    "bad_json": Code("That message could not be read.", retryable=False),
+    "bad_frame": Code("That message could not be read.", retryable=False),
+    "unknown_type": Code("That request is not known to this server.", retryable=False),
+    "frame_too_large": Code("That message is too large to send.", retryable=False),
+    "message_too_long": Code("That message is too long.", retryable=False),
+    "rate_limited": Code("You are sending messages too quickly."),
+    "turn_in_progress": Code("An answer is still being written: wait for it, or stop it."),
+    "nothing_to_regenerate": Code("There is no answer to redo.", retryable=False),
+    "nothing_to_continue": Code(
+        "The last answer is complete; there is nothing to continue.", retryable=False
+    ),
+    "not_found": Code("This conversation no longer exists.", retryable=False),
+    "": Code("Something went wrong."),
+}
+
+
+def text_of(code: str) -> str:
+    return (CODES.get(code) or CODES[""]).text
+
+
+def page_texts() -> dict[str, str]:
+    """The texts the page shows for each code (chat.js reads them from the page)."""
+    return {code: entry.text for code, entry in CODES.items()}
+
+
+class ChatimgError(Exception):
+    """A failure with a protocol code; `message` is fit to show (never a provider's words)."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = (
+            (CODES.get(code) or CODES[""]).retryable if retryable is None else retryable
+        )
+
+
+def group_name(conversation_id: uuid.UUID) -> str:
+    """The channel-layer group of everyone following a conversation."""
+    return f"conv.{conversation_id.hex}"
+
+
+def control_group(conversation_id: uuid.UUID) -> str:
+    """The group a running turn listens on for cancel and snapshot requests."""
+    return f"turnctl.{conversation_id.hex}"
+
+
+def encode(kind: str, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+
+
+def _ids(conversation_id: uuid.UUID | str, message_id: int) -> dict[str, Any]:
+    return {"conversation_id": str(conversation_id), "message_id": message_id}
+
+
+# --- frames of a turn ----------------------------------------------------------------
+
+
+def assistant_started(conversation_id: uuid.UUID, message_id: int) -> str:
+    return encode("assistant.started", **_ids(conversation_id, message_id))
+
+
+def assistant_delta(
+    conversation_id: uuid.UUID | str, message_id: int, offset: int, text: str
+) -> str:
+    return encode("assistant.delta", **_ids(conversation_id, message_id), offset=offset, text=text)
+
+
+def tool_started(
+    conversation_id: uuid.UUID,
+    message_id: int,
+    *,
+    tool_call_id: int,
+    name: str,
+    offset: int,
+    prompt: str,
+    started_at: str,
+) -> str:
+    return encode(
+        "tool.started",
+        **_ids(conversation_id, message_id),
+        tool_call_id=tool_call_id,
+        name=name,
+        offset=offset,
+        prompt=prompt,
+        started_at=started_at,
+    )
+
+
+def tool_completed(
+    conversation_id: uuid.UUID,
+    message_id: int,
+    *,
+    tool_call_id: int,
+    name: str,
+    image: dict[str, Any],
+    notes: list[str],
+    images_left_today: int | None,
+) -> str:
+    return encode(
+        "tool.completed",
+        **_ids(conversation_id, message_id),
+        tool_call_id=tool_call_id,
+        name=name,
+        image=image,
+        notes=notes,
+        images_left_today=images_left_today,
+    )
+
+
+def tool_failed(
+    conversation_id: uuid.UUID,
+    message_id: int,
+    *,
+    tool_call_id: int,
+    name: str,
+    code: str,
+    message: str,
+) -> str:
+    return encode(
+        "tool.failed",
+        **_ids(conversation_id, message_id),
+        tool_call_id=tool_call_id,
+        name=name,
+        error={"code": code, "message": message},
+    )
+
+
+FINAL_OK = ("complete", "cancelled")
+
+
+def answer_ended(
+    conversation_id: uuid.UUID | str,
+    message_id: int,
+    *,
+    status: str,
+    text_length: int,
+    html: str,
+    usage: dict[str, int] | None = None,
+    truncated: bool = False,
+    error_code: str = "",
+    error_message: str = "",
+) -> str:
+    """The final frame of an answer, from its stored state: live and catch-up alike.
+
+    `complete` and `cancelled` end with assistant.completed; `failed` and
+    `interrupted` with assistant.failed, whose `retryable` follows the code.
+    """
+    ids = _ids(conversation_id, message_id)
+    if status in FINAL_OK:
+        return encode(
+            "assistant.completed",
+            **ids,
+            status=status,
+            text_length=text_length,
+            html=html,
+            usage=usage or {},
+            truncated=truncated,
+        )
+    code = error_code or ("interrupted" if status == "interrupted" else "internal_error")
+    return encode(
+        "assistant.failed",
+        **ids,
+        status=status,
+        code=code,
+        message=error_message or text_of(code),
+        retryable=(CODES.get(code) or CODES[""]).retryable,
+        text_length=text_length,
+        html=html,
+    )
+
+
+def final_frame(message: Any, html: str) -> str:
+    """answer_ended for a stored answer (a Message): what catch-up and the sweep send."""
+    return answer_ended(
+        message.conversation_id,
+        message.pk,
+        status=message.status,
+        text_length=len(message.text),
+        html=html,
+        usage=message.usage,
+        truncated=message.truncated,
+        error_code=message.error_code,
+        error_message=message.error_message,
+    )
+
+
+# --- frames about a conversation and a socket ------------------------------------------
+
+
+def session_ready(user: str, limits: dict[str, int]) -> str:
+    return encode("session.ready", protocol=PROTOCOL_VERSION, user=user, limits=limits)
+
+
+def message_created(
+    conversation_id: uuid.UUID, message_id: int, client_message_id: str, text: str
+) -> str:
+    return encode(
+        "message.created",
+        conversation_id=str(conversation_id),
+        message_id=message_id,
+        client_message_id=client_message_id,
+        text=text,
+    )
+
+
+def message_accepted(
+    conversation_id: uuid.UUID,
+    *,
+    client_message_id: str,
+    message_id: int,
+    assistant_message_id: int,
+    duplicate: bool,
+    title: str,
+    url: str,
+) -> str:
+    return encode(
+        "message.accepted",
+        conversation_id=str(conversation_id),
+        client_message_id=client_message_id,
+        message_id=message_id,
+        assistant_message_id=assistant_message_id,
+        duplicate=duplicate,
+        conversation={"id": str(conversation_id), "title": title, "url": url},
+    )
+
+
+def conversation_state(
+    conversation_id: uuid.UUID, message_id: int | None, status: str | None, text_length: int = 0
+) -> str:
+    return encode(
+        "conversation.state",
+        conversation_id=str(conversation_id),
+        message_id=message_id,
+        status=status,
+        text_length=text_length,
+    )
+
+
+def conversation_updated(conversation_id: uuid.UUID, title: str) -> str:
+    return encode("conversation.updated", conversation_id=str(conversation_id), title=title)
+
+
+def turn_regenerating(conversation_id: uuid.UUID, replaces: int, answer: int) -> str:
+    return encode(
+        "turn.regenerating",
+        conversation_id=str(conversation_id),
+        replaces_message_id=replaces,
+        assistant_message_id=answer,
+    )
+
+
+def error(code: str, message: str, ref: str | None = None) -> str:
+    return encode("error", code=code, message=message, ref=ref)
+
+
+def pong(ping_id: Any) -> str:
+    return encode("pong", id=ping_id)

@@ -101,6 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(recording.status)
         self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")  # the client must not reuse it
         self.end_headers()
         try:
             for piece in recording.events():

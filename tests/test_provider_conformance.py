@@ -206,11 +206,88 @@ REFUSED: dict[str, str] = {
     f"{LLAMA}/follow-up-content-null": "upstream_error",
 }
 
+AUTO_PROMPT = "A detailed description of the image. Your prompt is as follows: "
+TWO_PROMPT = (
+    "A detailed description of the image. In your case: (a) a photo with a light show, "
+    "(b) a photo with a sound recording."
+)
+# Answers without streaming, which chatimg asks for once when a stream to a request
+# offering tools came back empty (llama-cpp-python cannot stream a tool call that the
+# model chose itself): the empty stream it follows, and what the user should get.
+FALLBACKS: dict[str, tuple[str, Outcome]] = {
+    f"{LLAMA}/tool-choice-auto-non-streaming": (
+        f"{LLAMA}/tool-choice-auto",
+        Outcome(
+            calls=(
+                Call(
+                    "call__0_generate_image_cmpl-8374f3b3-f5e3-40a7-a4a6-6e43333f8f51",
+                    json.dumps({"prompt": AUTO_PROMPT}).replace('{"', '{ "').replace('"}', '" }'),
+                    AUTO_PROMPT,
+                ),
+            ),
+            finish="tool_calls",
+            usage=usage(272, 20),
+        ),
+    ),
+    # Asked for two pictures, the small model called the tool once.
+    f"{LLAMA}/two-tool-calls-non-streaming": (
+        f"{LLAMA}/tool-choice-auto",
+        Outcome(
+            calls=(
+                Call(
+                    "call__0_generate_image_cmpl-38c22721-ce59-492f-bd11-a4c3358f7429",
+                    json.dumps({"prompt": TWO_PROMPT}),
+                    TWO_PROMPT,
+                ),
+            ),
+            finish="tool_calls",
+            usage=usage(277, 36),
+        ),
+    ),
+    # 400 context_length_exceeded: the chat is too long, a state the user can act on.
+    f"{LLAMA}/overflow-non-streaming": (f"{LLAMA}/overflow", Outcome(error="context_too_long")),
+    f"{LITELLM_LLAMA}/tool-choice-auto-non-streaming": (
+        f"{LITELLM_LLAMA}/tool-choice-auto",
+        Outcome(
+            calls=(
+                Call(
+                    "call__0_generate_image_cmpl-ae254c6d-1ea2-4ed9-909a-113a9abebc90",
+                    json.dumps({"prompt": AUTO_PROMPT}).replace('{"', '{ "').replace('"}', '" }'),
+                    AUTO_PROMPT,
+                ),
+            ),
+            finish="tool_calls",
+            usage=usage(272, 20),
+        ),
+    ),
+    f"{LITELLM_LLAMA}/two-tool-calls-non-streaming": (
+        f"{LITELLM_LLAMA}/tool-choice-auto",
+        Outcome(
+            calls=(
+                Call(
+                    "call__0_generate_image_cmpl-ffc65662-04ae-42dd-a174-fc6315ec57f0",
+                    json.dumps({"prompt": TWO_PROMPT}),
+                    TWO_PROMPT,
+                ),
+            ),
+            finish="tool_calls",
+            usage=usage(277, 36),
+        ),
+    ),
+    # LiteLLM: 400 ContextWindowExceededError (code "400").
+    f"{LITELLM_LLAMA}/overflow-non-streaming": (
+        f"{LITELLM_LLAMA}/overflow",
+        Outcome(error="context_too_long"),
+    ),
+}
+
 
 def test_every_recording_has_an_expected_outcome() -> None:
-    assert set(Recording.all_names()) == set(EXPECTED) | set(REFUSED)
+    assert set(Recording.all_names()) == set(EXPECTED) | set(REFUSED) | set(FALLBACKS)
     for name in EXPECTED:
         assert Recording.load(name).status == 200, name
+    for name, (empty_stream, _) in FALLBACKS.items():
+        assert EXPECTED[empty_stream].error == "upstream_empty", name
     for name in REFUSED:
         assert Recording.load(name).status >= 400, name
 
@@ -224,6 +301,9 @@ def test_recordings_say_how_they_were_made() -> None:
             assert sidecar["source"].startswith("https://"), name
         else:
             assert sidecar["server_command"] and sidecar["recorder_command"], name
+            if name in FALLBACKS:
+                assert "stream" not in sidecar["request"], name
+                continue
             assert sidecar["request"]["stream"] is True, name
             assert sidecar["request"]["stream_options"] == {"include_usage": True}, name
 
@@ -330,6 +410,25 @@ async def test_the_client_reads_the_replayed_response_over_http(replay: Any, nam
     else:
         check(seen, EXPECTED[name])
     assert replay.left() == 0
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "generate_image", "parameters": {"type": "object"}},
+    }
+]
+
+
+@pytest.mark.parametrize("name", sorted(FALLBACKS))
+async def test_an_empty_stream_to_a_request_with_tools_is_asked_again_without_streaming(
+    replay: Any, name: str
+) -> None:
+    empty_stream, expected = FALLBACKS[name]
+    replay.queue(empty_stream, name)
+    seen = await collect(llm.stream_chat([{"role": "user", "content": "hi"}], TOOLS))
+    check(seen, expected)
+    assert [body.get("stream") for body in replay.requests] == [True, None]
 
 
 # --- whole turns over the real socket ------------------------------------------------
@@ -447,13 +546,34 @@ async def test_two_tool_calls_in_one_answer_store_two_images(
     assert await GeneratedImage.objects.acount() == 2
 
 
-@pytest.mark.parametrize("name", [f"{LLAMA}/overflow", f"{LITELLM_LLAMA}/overflow"])
+@pytest.mark.parametrize("server", [LLAMA, LITELLM_LLAMA])
+@socket_tests
+async def test_a_context_overflow_says_the_chat_is_too_long(
+    replay: Any, connect: Any, make_user: Any, server: str
+) -> None:
+    # An empty 200 stream (llama-cpp-python; an empty "stop" through LiteLLM), then
+    # the same request without streaming: 400 context_length_exceeded.
+    replay.queue(f"{server}/overflow", f"{server}/overflow-non-streaming")
+    _, frames = await draw_turn(connect, make_user, "Describe this very long list.")
+    failed = frames[-1]
+    assert (failed["type"], failed["code"], failed["retryable"]) == (
+        "assistant.failed",
+        "context_too_long",
+        False,
+    )
+    answer = await Message.objects.aget(pk=frames[0]["assistant_message_id"])
+    assert answer.status == Message.Status.FAILED
+
+
 @socket_tests
 async def test_an_empty_answer_is_a_visible_retryable_failure(
-    replay: Any, connect: Any, make_user: Any, name: str
+    replay: Any, connect: Any, make_user: Any, settings: Any
 ) -> None:
-    replay.queue(name)
-    _, frames = await draw_turn(connect, make_user, "Describe this very long list.")
+    # LiteLLM's empty "stop" stream for an upstream that failed (content null), to a
+    # request without tools (so not asked again): nothing to show, and it says so.
+    settings.MAX_TOOL_CALLS_PER_TURN = 0
+    replay.queue(f"{LITELLM_LLAMA}/follow-up-content-null")
+    _, frames = await draw_turn(connect, make_user, "Hello?")
     failed = frames[-1]
     assert (failed["type"], failed["code"], failed["retryable"]) == (
         "assistant.failed",
@@ -462,6 +582,25 @@ async def test_an_empty_answer_is_a_visible_retryable_failure(
     )
     answer = await Message.objects.aget(pk=frames[0]["assistant_message_id"])
     assert answer.status == Message.Status.FAILED
+
+
+@socket_tests
+async def test_llama_cpp_choosing_the_tool_itself_still_draws(
+    replay: Any, connect: Any, make_user: Any
+) -> None:
+    # tool_choice "auto" (the model chooses): llama-cpp-python's empty stream, the call
+    # without streaming, then the streamed follow-up.
+    replay.queue(
+        f"{LLAMA}/tool-choice-auto",
+        f"{LLAMA}/tool-choice-auto-non-streaming",
+        f"{LLAMA}/follow-up",
+    )
+    _, frames = await draw_turn(connect, make_user)
+    assert frames[-1]["type"] == "assistant.completed", frames[-1]
+    (done,) = frames_of(frames, "tool.completed")
+    assert done["image"]["prompt"] == AUTO_PROMPT.strip()
+    assert replay.left() == 0
+    no_null_content(replay.requests)
 
 
 @pytest.mark.parametrize("name", [f"{LLAMA}/length", f"{LITELLM_LLAMA}/length", f"{DOCS}/length"])

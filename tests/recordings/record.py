@@ -117,6 +117,10 @@ def chat_body(model: str, messages: list[dict[str, Any]], **extra: Any) -> dict[
     return body
 
 
+def non_streaming(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+
+
 def post_stream(
     port: int,
     body: dict[str, Any],
@@ -165,6 +169,7 @@ class Recorder:
         self.upstream: str | None = None
         self.upstream_command: str | None = None
         self.key = "sk-recorder"
+        self.only: set[str] = set()  # --scenario: record these, keep the others as they are
 
     def record(
         self,
@@ -176,6 +181,9 @@ class Recorder:
         on_bytes: Callable[[bytes], None] | None = None,
         notes: str = "",
     ) -> bytes:
+        if self.only and name not in self.only:
+            kept = self.dir / f"{name}.body"
+            return kept.read_bytes() if kept.exists() else b""
         status, headers, data, error = post_stream(port, body, key=self.key, on_bytes=on_bytes)
         (self.dir / f"{name}.body").write_bytes(data)
         sidecar = {
@@ -423,6 +431,35 @@ def model_scenarios(rec: Recorder, port: int, model: str) -> None:
         chat_body(model, [{"role": "user", "content": OVERFLOW}], tools=[TOOL]),
         port=port,
     )
+    # What chatimg asks next when a stream to a request with tools came back empty:
+    # the same request without streaming.
+    rec.record(
+        "tool-choice-auto-non-streaming",
+        'tool_choice "auto" without streaming (chatimg\'s retry after an empty stream)',
+        non_streaming(chat_body(model, draw, tools=[TOOL], tool_choice="auto", max_tokens=200)),
+        port=port,
+    )
+    rec.record(
+        "two-tool-calls-non-streaming",
+        'asked for two pictures, tool_choice "auto", without streaming',
+        non_streaming(
+            chat_body(
+                model,
+                [{"role": "user", "content": "draw a lighthouse at dusk and a lighthouse at dawn"}],
+                tools=[TOOL],
+                tool_choice="auto",
+                max_tokens=200,
+            )
+        ),
+        port=port,
+        notes="whether the small model calls the tool once or twice is its choice",
+    )
+    rec.record(
+        "overflow-non-streaming",
+        "the overflowing request without streaming (chatimg's retry after an empty stream)",
+        non_streaming(chat_body(model, [{"role": "user", "content": OVERFLOW}], tools=[TOOL])),
+        port=port,
+    )
 
 
 def record_llama(args: argparse.Namespace, out: Path, tmp: Path) -> None:
@@ -430,6 +467,7 @@ def record_llama(args: argparse.Namespace, out: Path, tmp: Path) -> None:
     print(f"== llama-cpp-python {version}", flush=True)
     with llama_server(args.llama_python, args.model, tmp) as (proc, port, command):
         rec = Recorder(out, "llama-cpp-python", version, "gemma-3-270m-q4_k_m.gguf", command)
+        rec.only = set(args.scenario or ())
         model_scenarios(rec, port, "gemma-3-270m")
         rec.record(
             "cut",
@@ -453,6 +491,7 @@ def record_litellm_llama(args: argparse.Namespace, out: Path, tmp: Path) -> None
             rec.dir.mkdir(parents=True, exist_ok=True)
             rec.upstream = f"llama-cpp-python {llama_version}"
             rec.upstream_command = llama_cmd
+            rec.only = set(args.scenario or ())
             model_scenarios(rec, port, "gemma-3-270m")
             rec.record(
                 "cut",
@@ -478,6 +517,7 @@ def record_litellm_fake(args: argparse.Namespace, out: Path, tmp: Path) -> None:
         rec.dir = rec.dir / "via-chatimg-fake"
         rec.dir.mkdir(parents=True, exist_ok=True)
         rec.upstream = "chatimg conversations.offline_model.OfflineModelServer (scripted)"
+        rec.only = set(args.scenario or ())
         draw = [{"role": "user", "content": DRAW}]
         lighthouse = {"prompt": "a lighthouse at dusk, warm light over a calm sea"}
         scripted = [
@@ -534,6 +574,8 @@ def record_litellm_fake(args: argparse.Namespace, out: Path, tmp: Path) -> None:
             ),
         ]
         for name, description, reply, messages, offer in scripted:
+            if rec.only and name not in rec.only:
+                continue  # not scripted either: the fake's queue must match the requests
             fake.script_chat(reply)
             extra = {"tools": [TOOL]} if offer else {}
             rec.record(
@@ -550,6 +592,8 @@ def record_litellm_fake(args: argparse.Namespace, out: Path, tmp: Path) -> None:
             (None, "-content-null"),
         )
         for content, suffix in follow_ups:
+            if rec.only and f"follow-up{suffix}" not in rec.only:
+                continue
             fake.script_chat(Reply(text="Here is your lighthouse at dusk."))
             messages = tool_round("call_fake_lighthouse", json.dumps(lighthouse), content)
             rec.record(
@@ -567,6 +611,9 @@ def main() -> None:
     parser.add_argument("--litellm", help="the litellm executable (scripts/install_test_servers)")
     parser.add_argument(
         "--only", choices=["llama", "litellm-llama", "litellm-fake"], action="append"
+    )
+    parser.add_argument(
+        "--scenario", action="append", help="record only these scenarios (repeatable)"
     )
     parser.add_argument("--out", default=str(HERE))
     args = parser.parse_args()

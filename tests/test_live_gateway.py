@@ -83,7 +83,14 @@ def litellm_gateway(openai_server: OfflineModelServer, tmp_path_factory: Any) ->
     config.write_text(_config(openai_server.base_url, key))
     log = tmp / "litellm.log"
     env = {
-        **os.environ,
+        # LiteLLM reads DATABASE_URL (and wants prisma for it) and REDIS_* from the
+        # environment: the app's settings, as in the PostgreSQL run, are not its own.
+        **{
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("DATABASE_URL", "REDIS_URL", "DIRECT_URL")
+            and not key.startswith(("LITELLM_", "REDIS_", "OPENAI_", "AZURE_"))
+        },
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of the price list at start
         "LITELLM_TELEMETRY": "False",
     }

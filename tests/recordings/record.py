@@ -294,7 +294,16 @@ def litellm_proxy(
     cfg = tmp / f"litellm-{port}.yaml"
     cfg.write_text(config)
     argv = [litellm, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"}
+    env = {  # LiteLLM reads DATABASE_URL and REDIS_* too: not its own here
+        **{
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("DATABASE_URL", "REDIS_URL", "DIRECT_URL")
+            and not key.startswith(("LITELLM_", "REDIS_", "OPENAI_", "AZURE_"))
+        },
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+    }
     proc = Process(argv, env, tmp, tmp / f"litellm-{port}.log")
     proc.start()
     try:

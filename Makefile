@@ -6,9 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint install clean
 
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	@echo "== installing the hash-pinned requirements into $(VENV) (about 30 s on a fresh machine)"
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off --require-hashes -r requirements.lock
+	@echo "== installing chatimg itself (editable: the chatimg-client command)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -29,6 +29,7 @@ import math
 import random
 import re
 import secrets
+import signal
 import socketserver
 import threading
 import time
@@ -1075,9 +1076,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     server.start()
     print(server.base_url, flush=True)
+    # SIGTERM as well as Ctrl-C: a process started in the background by a shell
+    # has SIGINT ignored, and process managers stop servers with SIGTERM.
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
-        while True:
-            time.sleep(3600)
+        stopping.wait()
     except KeyboardInterrupt:
         pass
     finally:

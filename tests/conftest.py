@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +14,6 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from conversations.offline_model import OfflineModelServer
-
-# Playwright's sync API runs its own event loop; ORM calls made from those tests
-# are synchronous on purpose.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture(scope="session")
@@ -56,10 +51,20 @@ def local_storage(settings: Any, tmp_path: Any) -> Any:
 
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
-    """Rate-limit counters must not leak from one test into the next."""
+    """Rate-limit counters must not leak from one test into the next.
+
+    On Redis only this checkout's keys go (its prefix): cache.clear() would
+    FLUSHDB, the keys of another checkout's suite running on the same Redis too.
+    """
+    from django.conf import settings
     from django.core.cache import cache
 
-    cache.clear()
+    if settings.REDIS_URL:
+        client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+        for key in client.scan_iter(match=f"{settings.REDIS_PREFIX}:*", count=500):
+            client.delete(key)
+    else:
+        cache.clear()
     yield
 
 

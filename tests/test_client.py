@@ -2,7 +2,7 @@
 
 The app runs as a subprocess (tests/servers.py) over its own SQLite file and talks to
 the OpenAI fake started here. The client runs in-process (``run()``) or as a command
-(``python -m conversations.client``); a user and API tokens are made with
+(``python -m chatimg_client``); a user and API tokens are made with
 ``manage.py shell`` in the server's database, which is then read back with sqlite3.
 Nothing is patched: a dropped connection is a real TCP proxy cutting real sockets.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conversations.client import EXIT_OK, EXIT_UNAUTHENTICATED, run
+from chatimg_client import EXIT_OK, EXIT_UNAUTHENTICATED, run
 from conversations.offline_model import OfflineModelServer, Reply
 from tests.servers import REPO, AppServer, launch, server_env, stop
 
@@ -129,7 +129,7 @@ def client_command(*args: str, stdin: str = "") -> subprocess.CompletedProcess[s
     """Run the client as a user would, with none of the developer's CHATIMG_* settings."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CHATIMG_")}
     return subprocess.run(
-        [sys.executable, "-m", "conversations.client", *args],
+        [sys.executable, "-m", "chatimg_client", *args],
         cwd=REPO,
         env=env,
         input=stdin,

@@ -44,6 +44,11 @@ def logged_in(user: Any) -> Client:
     return client
 
 
+async def signed_in(user: Any) -> Client:
+    """logged_in for async tests: the login writes a session (off the event loop)."""
+    return await database_sync_to_async(logged_in)(user)
+
+
 async def draw(
     connect: Any,
     user: Any,
@@ -67,7 +72,7 @@ async def test_the_redirect_is_freshly_signed_for_the_configured_lifetime_and_ca
     user = await database_sync_to_async(make_user)()
     await draw(connect, user)
     image = await GeneratedImage.objects.aget()
-    client = logged_in(user)
+    client = await signed_in(user)
 
     first = await database_sync_to_async(client.get)(image.get_absolute_url())
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(first["Location"]).query)
@@ -79,8 +84,8 @@ async def test_the_redirect_is_freshly_signed_for_the_configured_lifetime_and_ca
     time.sleep(1.1)
     second = await database_sync_to_async(client.get)(image.get_absolute_url())
     assert second["Location"] != first["Location"]
-    rows = json.dumps(list(GeneratedImage.objects.values()), default=str)
-    assert "X-Amz" not in rows
+    stored = await database_sync_to_async(lambda: list(GeneratedImage.objects.values()))()
+    assert "X-Amz" not in json.dumps(stored, default=str)
     # (moto does not enforce X-Amz-Expires: the lapse itself is the next test's, on SeaweedFS.)
 
 
@@ -344,7 +349,7 @@ async def test_a_hidden_image_is_not_served_to_its_owner_and_the_chat_says_why(
     await draw(connect, user)
     image = await GeneratedImage.objects.aget()
 
-    response = await database_sync_to_async(logged_in(moderator).post)(
+    response = await database_sync_to_async((await signed_in(moderator)).post)(
         "/admin/conversations/generatedimage/",
         {"action": "mark_hidden", "_selected_action": [str(image.pk)]},
     )
@@ -353,11 +358,13 @@ async def test_a_hidden_image_is_not_served_to_its_owner_and_the_chat_says_why(
     assert image.review_status == "hidden" and image.reviewed_by_id == moderator.pk
     assert image.reviewed_at is not None
 
-    owner = logged_in(user)
+    owner = await signed_in(user)
     assert (await database_sync_to_async(owner.get)(image.get_absolute_url())).status_code == 404
     page = (await database_sync_to_async(owner.get)(f"/c/{image.conversation_id}/")).content
     assert b"removed by a moderator" in page and f"/images/{image.pk}/".encode() not in page
-    staff_view = await database_sync_to_async(logged_in(moderator).get)(image.get_absolute_url())
+    staff_view = await database_sync_to_async((await signed_in(moderator)).get)(
+        image.get_absolute_url()
+    )
     assert staff_view.status_code == 200  # moderators still see it
 
 

@@ -29,6 +29,11 @@ def owner_client(user: Any) -> Client:
     return client
 
 
+async def get_as(user: Any, url: str, **extra: Any) -> Any:
+    """A GET through Django's test client, logged in as `user` (off the event loop)."""
+    return await database_sync_to_async(lambda: owner_client(user).get(url, **extra))()
+
+
 async def test_on_s3_the_image_is_uploaded_and_the_row_holds_only_the_key(
     make_user: Any, connect: Any, fake_openai: Any, s3_bucket: Any
 ) -> None:
@@ -67,7 +72,7 @@ async def test_the_owner_follows_the_app_url_to_the_same_bytes_and_others_cannot
     await draw(connect, alice)
     image = await GeneratedImage.objects.aget()
 
-    response = await database_sync_to_async(owner_client(alice).get)(image.get_absolute_url())
+    response = await get_as(alice, image.get_absolute_url())
     assert response.status_code == 302
     signed = response["Location"]
     assert signed.startswith(s3_bucket.object_url_prefix) and "X-Amz-Signature" in signed
@@ -83,14 +88,12 @@ async def test_the_owner_follows_the_app_url_to_the_same_bytes_and_others_cannot
     assert refused.value.code == 403
 
     # "Save as" survives the cross-origin redirect: the signature asks S3 for it.
-    saving = await database_sync_to_async(owner_client(alice).get)(
-        image.get_absolute_url() + "?download=1"
-    )
+    saving = await get_as(alice, image.get_absolute_url() + "?download=1")
     with urllib.request.urlopen(saving["Location"], timeout=10) as fetched:
         disposition = fetched.headers["Content-Disposition"]
     assert disposition == f'attachment; filename="chatimg-{str(image.pk)[:8]}.png"'
 
-    other = await database_sync_to_async(owner_client(mallory).get)(image.get_absolute_url())
+    other = await get_as(mallory, image.get_absolute_url())
     assert other.status_code == 404
     anonymous = await database_sync_to_async(Client().get)(image.get_absolute_url())
     assert anonymous.status_code == 302 and "/login/" in anonymous["Location"]
@@ -103,7 +106,7 @@ async def test_staff_can_view_any_image(
     staff = await database_sync_to_async(make_user)("moderator", is_staff=True)
     await draw(connect, alice)
     image = await GeneratedImage.objects.aget()
-    response = await database_sync_to_async(owner_client(staff).get)(image.get_absolute_url())
+    response = await get_as(staff, image.get_absolute_url())
     assert response.status_code == 200
     assert response["Content-Type"] == "image/png"
     assert hashlib.sha256(b"".join(response.streaming_content)).hexdigest() == image.sha256
@@ -116,10 +119,10 @@ async def test_on_local_storage_the_app_url_serves_the_file_to_its_owner_only(
     mallory = await database_sync_to_async(make_user)("mallory")
     await draw(connect, alice)
     image = await GeneratedImage.objects.aget()
-    mine = await database_sync_to_async(owner_client(alice).get)(image.get_absolute_url())
+    mine = await get_as(alice, image.get_absolute_url())
     assert mine.status_code == 200
     assert hashlib.sha256(b"".join(mine.streaming_content)).hexdigest() == image.sha256
-    theirs = await database_sync_to_async(owner_client(mallory).get)(image.get_absolute_url())
+    theirs = await get_as(mallory, image.get_absolute_url())
     assert theirs.status_code == 404
 
 
@@ -150,8 +153,9 @@ async def test_deleting_a_conversation_deletes_its_image_objects(
     conversation = await Conversation.objects.aget()
     assert len(bucket_keys(s3_bucket)) == 1
 
-    client = owner_client(user)
-    response = await database_sync_to_async(client.post)(f"/c/{conversation.pk}/delete/")
+    response = await database_sync_to_async(
+        lambda: owner_client(user).post(f"/c/{conversation.pk}/delete/")
+    )()
     assert response.status_code == 302
     assert await GeneratedImage.objects.acount() == 0
     assert bucket_keys(s3_bucket) == []

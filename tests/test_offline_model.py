@@ -488,7 +488,7 @@ async def test_models_are_listed(client: openai.AsyncOpenAI) -> None:
     assert {model.id for model in models.data} == {"offline-chat", "offline-image"}
 
 
-def test_the_cli_serves_until_interrupted() -> None:
+def test_the_cli_serves_until_it_is_told_to_stop() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "conversations.offline_model", "--port", "0"],
         cwd=REPO_ROOT,
@@ -501,7 +501,11 @@ def test_the_cli_serves_until_interrupted() -> None:
         assert base_url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(f"{base_url}/models", timeout=5) as response:
             assert json.load(response)["object"] == "list"
-    finally:
-        process.send_signal(signal.SIGINT)
+        # SIGTERM, which a background job does not ignore (SIGINT it does).
+        process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
         process.stdout.close()

@@ -26,6 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Playwright's sync API runs an event loop in this thread, and these tests read
+# the database synchronously on purpose; Django's guard against sync ORM calls
+# in async code stays on for every other test.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
 import pytest
 from playwright.sync_api import (
     Browser,

@@ -99,9 +99,8 @@ async def test_a_signed_url_stops_working_when_it_expires(
     user = await database_sync_to_async(make_user)()
     await draw(connect, user)
     image = await GeneratedImage.objects.aget()
-    signed = (await database_sync_to_async(logged_in(user).get)(image.get_absolute_url()))[
-        "Location"
-    ]
+    client = await signed_in(user)
+    signed = (await database_sync_to_async(client.get)(image.get_absolute_url()))["Location"]
     assert signed.startswith(s3_bucket.object_url_prefix)
 
     def fetch() -> tuple[int, bytes]:
@@ -120,9 +119,7 @@ async def test_a_signed_url_stops_working_when_it_expires(
     status, body = await asyncio.to_thread(fetch)
     assert status == 403 and b"expired" in body
     # The app URL signs afresh: the image is still there for its owner.
-    again = (await database_sync_to_async(logged_in(user).get)(image.get_absolute_url()))[
-        "Location"
-    ]
+    again = (await database_sync_to_async(client.get)(image.get_absolute_url()))["Location"]
     assert (await asyncio.to_thread(lambda: urllib.request.urlopen(again, timeout=5).status)) == 200
 
 

@@ -7,14 +7,20 @@ counts statements by kind (INSERT, UPDATE, DELETE, SELECT, ...) and by table for
 writes. ``GET /__bench/sql`` returns the counts as JSON, ``POST /__bench/sql``
 returns them and starts over. The endpoint is answered here, in front of Django,
 so reading it costs no query. ``/__bench/probes`` reports event-loop stalls (a 50 ms
-ticker) and garbage-collection pauses (``gc.callbacks``) the same way. Nothing
-else about the app changes, unless
+ticker) and garbage-collection pauses (``gc.callbacks``) the same way, and the
+phases of each generated image (``images``: wall time at which the image API
+call returned its bytes, decode and upload durations, keyed by the bench id in
+the prompt). The image probe wraps three functions of ``conversations``
+(``llm.generate_image``, ``images.decode``, ``images._upload``) with timers and
+changes nothing else. Nothing else about the app changes, unless
 ``BENCH_PATCHES`` names "what-if" patches (bench/patches.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import gc
 import json
 import os
@@ -29,12 +35,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 from django.db.backends.signals import connection_created
 
 from bench import patches
+from bench.common import IMAGE_MARKER_RE
 from chatimg.asgi import application as app_application
+from conversations import images as app_images
+from conversations import llm as app_llm
 
 APPLIED = patches.apply(os.environ.get("BENCH_PATCHES", ""))
 
 _lock = threading.Lock()
+_recent: list[str] = []  # the statements since the last reset (first 200, shortened)
 _kinds: Counter[str] = Counter()
+_sql_seconds = [0.0]  # time spent executing statements (driver + database), since reset
 _writes: Counter[str] = Counter()
 _TABLE_RE = re.compile(r'^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.IGNORECASE)
 WRITE_KINDS = {"INSERT", "UPDATE", "DELETE"}
@@ -44,10 +55,17 @@ def _count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any
     kind = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"
     with _lock:
         _kinds[kind] += 1
+        if len(_recent) < 200:
+            _recent.append(" ".join(sql.split())[:160])
         if kind in WRITE_KINDS:
             match = _TABLE_RE.match(sql)
             _writes[f"{kind} {match.group(1) if match else '?'}"] += 1
-    return execute(sql, params, many, context)
+    started = time.perf_counter()
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        with _lock:
+            _sql_seconds[0] += time.perf_counter() - started
 
 
 def _install(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -65,11 +83,56 @@ def snapshot(reset: bool = False) -> dict[str, Any]:
             "writes": dict(_writes),
             "write_total": sum(_kinds[k] for k in WRITE_KINDS),
             "patches": APPLIED,
+            "statements": list(_recent),
+            "sql_ms": round(1000 * _sql_seconds[0], 2),
         }
         if reset:
+            _sql_seconds[0] = 0.0
+            _recent.clear()
             _kinds.clear()
             _writes.clear()
     return data
+
+
+# --- the image path, phase by phase ------------------------------------------------------
+
+_image_phases: dict[str, dict[str, float]] = {}
+_image_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("bench_image", default=None)
+
+
+def _probe_images() -> None:
+    generate, decode, upload = app_llm.generate_image, app_images.decode, app_images._upload
+
+    @functools.wraps(generate)
+    async def generate_image(prompt: str, **kwargs: Any) -> Any:
+        match = IMAGE_MARKER_RE.fullmatch(prompt.strip())
+        started = time.time()
+        picture = await generate(prompt, **kwargs)
+        if match:
+            # Awaited in the turn's own task: the id stays set for decode and upload.
+            _image_id.set(match["id"])
+            _image_phases[match["id"]] = {"called": started, "picture": time.time()}
+        return picture
+
+    def timed(name: str, function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                key = _image_id.get()
+                if key in _image_phases:
+                    _image_phases[key][f"{name}_ms"] = 1000 * (time.perf_counter() - started)
+
+        return wrapper
+
+    app_llm.generate_image = generate_image
+    app_images.decode = timed("decode", decode)
+    app_images._upload = timed("upload", upload)
+
+
+_probe_images()
 
 
 # --- event-loop stalls and garbage collections, for /__bench/probes ---------------------
@@ -127,8 +190,10 @@ def probes(reset: bool = False) -> dict[str, Any]:
         "gc": by_gen,
         # The worst stall in each second (wall clock), to line up with the client's timeline.
         "lag_max_by_second_ms": _by_second(),
+        "images": dict(_image_phases),
     }
     if reset:
+        _image_phases.clear()
         _lags.clear()
         _lag_times.clear()
         _gc_pauses.clear()

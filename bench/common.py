@@ -11,12 +11,23 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-# The user text that asks the bench fake for a reply: "bench tokens=500 delay=0.02 id=abc".
-MARKER_RE = re.compile(r"bench tokens=(?P<tokens>\d+) delay=(?P<delay>[0-9.]+) id=(?P<id>[\w-]+)")
+# The user text that asks the bench fake for a reply: "bench tokens=500 delay=0.02 id=abc",
+# optionally with the upstream's own time to first token: "... ttft=0.2 id=abc".
+MARKER_RE = re.compile(
+    r"bench tokens=(?P<tokens>\d+) delay=(?P<delay>[0-9.]+)(?: ttft=(?P<ttft>[0-9.]+))?"
+    r" id=(?P<id>[\w-]+)"
+)
+# The user text that asks for one generate_image call; the image prompt carries the id.
+IMAGE_MARKER_RE = re.compile(r"bench image id=(?P<id>[\w-]+)")
 
 
-def marker(tokens: int, delay: float, bench_id: str) -> str:
-    return f"bench tokens={tokens} delay={delay:g} id={bench_id}"
+def marker(tokens: int, delay: float, bench_id: str, ttft: float | None = None) -> str:
+    first = f" ttft={ttft:g}" if ttft is not None else ""
+    return f"bench tokens={tokens} delay={delay:g}{first} id={bench_id}"
+
+
+def image_marker(bench_id: str) -> str:
+    return f"bench image id={bench_id}"
 
 
 @lru_cache(maxsize=64)
@@ -101,6 +112,18 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent not idle since boot (/proc/stat), in seconds."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICKS
+
+
+def cpu_seconds_total(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 @dataclass

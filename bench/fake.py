@@ -10,6 +10,17 @@ SSE chunk per token, D seconds apart, paced on an absolute schedule (a late chun
 does not push the later ones back, so the stream keeps its nominal rate). Anything
 else (such as the app's title request) gets the offline model's usual reply.
 
+``bench tokens=N delay=D ttft=T id=X`` also waits T seconds before the first token
+(the upstream's own time to first token; the seed comparison used 0.2 s).
+
+``bench image id=X`` is answered with one ``generate_image`` tool call whose prompt
+is ``bench image id=X``; the image request with that prompt gets a PNG rendered
+for it (distinct bytes per id, so the app's per-user dedup never skips an upload),
+and the time just before its response bytes are written is recorded as
+``image_ready`` (after the render: the provider's bytes are then available).
+The offline renderer's flat gradients compress to about 40 KB; a provider's
+1024x1024 PNG is 1.5-3 MB, so bench images get 10 % noise (about 2.1 MB).
+
 For every bench request it records, by id, the wall-clock time (``time.time()``)
 at which the request arrived and just before each content chunk was written.
 ``GET /bench/stamps`` returns them as JSON; ``POST /bench/reset`` forgets them.
@@ -18,16 +29,20 @@ at which the request arrived and just before each content chunk was written.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import MARKER_RE, reply_tokens
+from bench.common import IMAGE_MARKER_RE, MARKER_RE, reply_tokens
+from conversations import offline_model
 from conversations.offline_model import (
     OfflineModelServer,
     Reply,
+    ToolCall,
     _Handler,
     _HTTPServer,
     _text_of,
@@ -43,6 +58,10 @@ class Record:
     content_events: int = 0
     events: int = 0
     times: list[float] = field(default_factory=list)
+    # Image requests: just before the response bytes were written, and after.
+    image_ready: float | None = None
+    image_sent: float | None = None
+    image_response_bytes: int = 0
 
 
 class _BenchHTTPServer(_HTTPServer):
@@ -59,7 +78,13 @@ class _BenchHandler(_Handler):
             model: BenchModelServer = self.server.model  # type: ignore[assignment]
             with model.stamp_lock:
                 payload = {
-                    key: {"arrived": rec.arrived, "times": rec.times}
+                    key: {
+                        "arrived": rec.arrived,
+                        "times": rec.times,
+                        "image_ready": rec.image_ready,
+                        "image_sent": rec.image_sent,
+                        "image_response_bytes": rec.image_response_bytes,
+                    }
                     for key, rec in model.stamps.items()
                 }
             self._send_json(200, payload)
@@ -82,16 +107,29 @@ class _BenchHandler(_Handler):
         _local.deadline = time.monotonic()
         self._bench = None
         user_text = ""
-        for message in reversed((body or {}).get("messages") or []):
+        messages = (body or {}).get("messages") or []
+        for message in reversed(messages):
             if isinstance(message, dict) and message.get("role") == "user":
                 user_text = _text_of(message.get("content"))
                 break
+        last_role = messages[-1].get("role") if messages and isinstance(messages[-1], dict) else ""
         # Only a streamed chat whose user text *is* a marker: the app's title request
         # quotes the user text ("User: bench tokens=...") and must not be taken for it.
         match = MARKER_RE.match(user_text.strip())
-        if match and (body or {}).get("stream"):
+        image = IMAGE_MARKER_RE.fullmatch(user_text.strip())
+        if image and last_role == "user" and (body or {}).get("stream"):
+            # One tool call; the round after it (last message: the tool result) gets
+            # the offline model's usual follow-up sentence.
+            _local.reply = Reply(
+                text="Drawing it.",
+                tool_calls=[ToolCall("generate_image", {"prompt": user_text.strip()})],
+            )
+        elif match and (body or {}).get("stream"):
             count, delay = int(match["tokens"]), float(match["delay"])
-            _local.reply = Reply(tokens=list(reply_tokens(count)), token_delay=delay)
+            ttft = float(match["ttft"]) if match["ttft"] else None
+            _local.reply = Reply(
+                tokens=list(reply_tokens(count)), token_delay=delay, first_token_delay=ttft
+            )
             record = Record(tokens=count, arrived=arrived)
             self._bench = record
             model: BenchModelServer = self.server.model  # type: ignore[assignment]
@@ -103,6 +141,33 @@ class _BenchHandler(_Handler):
             _local.reply = None
             self._bench = None
 
+    def _images(self, body: dict[str, Any] | None, raw: bytes) -> None:
+        prompt = (body or {}).get("prompt")
+        match = IMAGE_MARKER_RE.fullmatch(prompt.strip()) if isinstance(prompt, str) else None
+        if match:
+            record = Record(tokens=0, arrived=time.time())
+            self._image = record
+            model: BenchModelServer = self.server.model  # type: ignore[assignment]
+            with model.stamp_lock:
+                model.stamps["image-" + match["id"]] = record
+        try:
+            super()._images(body, raw)
+        finally:
+            self._image = None
+
+    _image: Record | None = None
+
+    def _send_bytes(
+        self, status: int, content: bytes, content_type: str, headers: Any = None
+    ) -> None:
+        record = self._image
+        if record is not None:
+            record.image_ready = time.time()  # rendered and encoded: the bytes are available
+            record.image_response_bytes = len(content)
+        super()._send_bytes(status, content, content_type, headers)
+        if record is not None:
+            record.image_sent = time.time()
+
     def _send_event(self, data: str) -> None:
         record = self._bench
         if record is not None:
@@ -111,6 +176,26 @@ class _BenchHandler(_Handler):
             if 2 <= record.events <= record.tokens + 1:
                 record.times.append(time.time())  # just before the bytes are written
         super()._send_event(data)
+
+
+_render_image = offline_model.render_image
+
+
+def _noisy_render(prompt: str, width: int, height: int) -> bytes:
+    """The offline picture with 10 % noise, for bench prompts: a provider-sized PNG."""
+    png = _render_image(prompt, width, height)
+    if not IMAGE_MARKER_RE.fullmatch(prompt.strip()):
+        return png
+    from PIL import Image
+
+    base = Image.open(io.BytesIO(png)).convert("RGB")
+    noise = Image.frombytes("RGB", base.size, random.Random(prompt).randbytes(3 * width * height))
+    buffer = io.BytesIO()
+    Image.blend(base, noise, 0.1).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+offline_model.render_image = _noisy_render  # this process only: the fake's own renderer
 
 
 class BenchModelServer(OfflineModelServer):

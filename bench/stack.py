@@ -1,4 +1,7 @@
-"""The processes a benchmark measures: the recording fake and one daphne process.
+"""The processes a benchmark measures: the recording fake and one or two daphne processes.
+
+Two daphne processes share the database and the Redis channel layer and sit
+behind no balancer: the load client spreads its sockets over them itself.
 
 Each runs as a subprocess (never in the load client's process), on a free
 loopback port, with its own temporary database and media folder, and is stopped
@@ -26,8 +29,9 @@ from bench.common import free_port, wait_port
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_DB = "chatimg_bench"
-REDIS_URL = "redis://127.0.0.1:6379/7"  # a database of its own, away from the tests' 0
+# Overridable (bench.run --pg-db / --redis-url) so that two people can bench at once.
+PG_DB = os.environ.get("BENCH_PG_DB", "chatimg_bench")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")  # away from tests' 0
 
 _SCRUB_PREFIXES = ("OPENAI_", "CHATIMG_", "S3_", "DJANGO_")
 _SCRUB = {"DATABASE_URL", "REDIS_URL", "SQLITE_PATH", "MEDIA_ROOT", "LOG_LEVEL"}
@@ -53,9 +57,12 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="chatimg-bench-")))
     fake: subprocess.Popen[bytes] | None = None
-    app: subprocess.Popen[bytes] | None = None
+    # The daphne processes (one or two); `app` and `app_port` are the first.
+    apps: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    app_ports: list[int] = field(default_factory=list)
+    pg_db: str = PG_DB
+    redis_url: str = REDIS_URL
     fake_url: str = ""
-    app_port: int = 0
     tokens: list[str] = field(default_factory=list)
     _app_runs: int = 0
     # One channel-layer prefix per stack, so that stop() can delete exactly its keys.
@@ -85,11 +92,13 @@ class Stack:
             }
         )
         if self.db == "postgres":
-            env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{PG_DB}"
+            env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{self.pg_db}"
         else:
             env["SQLITE_PATH"] = str(self.workdir / "db.sqlite3")
+        # The image scenario makes 30+ images per user; the default day's allowance is 50.
+        env["CHATIMG_IMAGES_PER_DAY"] = "100000"
         if self.layer == "redis":
-            env["REDIS_URL"] = REDIS_URL
+            env["REDIS_URL"] = self.redis_url
             env["CHATIMG_CHANNEL_PREFIX"] = self.redis_prefix
         env.update(self.extra_env)
         # What-if settings: BENCH_APP_CHATIMG_STREAM_COALESCE_MS=60 reaches the
@@ -124,8 +133,8 @@ class Stack:
             import psycopg
 
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
-                conn.execute(f"CREATE DATABASE {PG_DB}")
+                conn.execute(f"DROP DATABASE IF EXISTS {self.pg_db} WITH (FORCE)")
+                conn.execute(f"CREATE DATABASE {self.pg_db}")
         out = self.workdir / "tokens.json"
         subprocess.run(
             [PYTHON, "-m", "bench.setup_db", "--users", str(users), "--out", str(out)],
@@ -136,28 +145,61 @@ class Stack:
         )
         self.tokens = json.loads(out.read_text())
 
-    def start_app(self) -> None:
-        """A fresh daphne process (the database is kept)."""
+    def prepare_long_chat(self, messages: int, images: int) -> dict[str, Any]:
+        """One user's conversation of `messages` messages with `images` stored images."""
+        out = self.workdir / "long.json"
+        cmd = [PYTHON, "-m", "bench.setup_db", "--users", "0", "--out", str(self.workdir / "t0")]
+        cmd += ["--long-chat", str(messages), "--long-images", str(images), "--long-out", str(out)]
+        subprocess.run(cmd, cwd=REPO, env=self.env(), check=True, timeout=300)
+        return json.loads(out.read_text())
+
+    def start_app(self, processes: int = 1) -> None:
+        """Fresh daphne processes (the database is kept).
+
+        Pinned, process i runs on CPU i % 2 (one process: alone on CPU 0; the fake
+        and the client are on CPU 1 either way).
+        """
+        if processes > 1 and self.layer != "redis":
+            raise ValueError("two daphne processes need the Redis channel layer")
         self.stop_app()
-        self._app_runs += 1
-        self.app_port = free_port()
-        cmd = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.app_port), "-v", "0"]
-        cmd.append("bench.asgi:application")
-        if self.pin:
-            cmd = ["taskset", "-c", "0", *cmd]
-        log = open(self.workdir / f"daphne-{self._app_runs}.log", "wb")  # noqa: SIM115
-        self.app = subprocess.Popen(cmd, cwd=REPO, env=self.env(), stdout=log, stderr=log)
+        for index in range(processes):
+            self._app_runs += 1
+            port = free_port()
+            cmd = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
+            cmd.append("bench.asgi:application")
+            if self.pin:
+                cmd = ["taskset", "-c", str(index % 2), *cmd]
+            log = open(self.workdir / f"daphne-{self._app_runs}.log", "wb")  # noqa: SIM115
+            self.apps.append(
+                subprocess.Popen(cmd, cwd=REPO, env=self.env(), stdout=log, stderr=log)
+            )
+            self.app_ports.append(port)
         try:
-            wait_port(self.app_port, 60)
+            for port in self.app_ports:
+                wait_port(port, 60)
         except TimeoutError:
-            _stop(self.app)
+            self.stop_app()
             raise
         # One cheap request so that Django's URLconf and the like are loaded.
-        self.sql(reset=True)
+        for index in range(processes):
+            self.sql(reset=True, process=index)
 
     def stop_app(self) -> None:
-        _stop(self.app)
-        self.app = None
+        for app in self.apps:
+            _stop(app)
+        self.apps, self.app_ports = [], []
+
+    @property
+    def app(self) -> subprocess.Popen[bytes] | None:
+        return self.apps[0] if self.apps else None
+
+    @property
+    def app_port(self) -> int:
+        return self.app_ports[0] if self.app_ports else 0
+
+    @property
+    def app_pids(self) -> list[int]:
+        return [app.pid for app in self.apps]
 
     def stop(self) -> None:
         self.stop_app()
@@ -168,9 +210,9 @@ class Stack:
                 import psycopg
 
                 with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-                    conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+                    conn.execute(f"DROP DATABASE IF EXISTS {self.pg_db} WITH (FORCE)")
             except Exception as exc:
-                print(f"could not drop {PG_DB}: {exc}", file=sys.stderr)
+                print(f"could not drop {self.pg_db}: {exc}", file=sys.stderr)
         if self.layer == "redis":
             self._flush_redis_prefix()
         if not self.keep:
@@ -180,7 +222,7 @@ class Stack:
         try:
             import redis
 
-            client = redis.Redis.from_url(REDIS_URL)
+            client = redis.Redis.from_url(self.redis_url)
             for key in client.scan_iter(f"{self.redis_prefix}*", count=1000):
                 client.delete(key)
             client.close()
@@ -200,21 +242,29 @@ class Stack:
         return f"ws://127.0.0.1:{self.app_port}/ws/chat/"
 
     @property
+    def ws_urls(self) -> list[str]:
+        return [f"ws://127.0.0.1:{port}/ws/chat/" for port in self.app_ports]
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.app_port}"
+
+    @property
     def fake_root(self) -> str:
         return self.fake_url.removesuffix("/v1")
 
-    def sql(self, reset: bool = False) -> dict[str, Any]:
+    def sql(self, reset: bool = False, process: int = 0) -> dict[str, Any]:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.app_port}/__bench/sql",
+            f"http://127.0.0.1:{self.app_ports[process]}/__bench/sql",
             method="POST" if reset else "GET",
             data=b"" if reset else None,
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 
-    def probes(self, reset: bool = False) -> dict[str, Any]:
+    def probes(self, reset: bool = False, process: int = 0) -> dict[str, Any]:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.app_port}/__bench/probes",
+            f"http://127.0.0.1:{self.app_ports[process]}/__bench/probes",
             method="POST" if reset else "GET",
             data=b"" if reset else None,
         )
@@ -239,7 +289,7 @@ class Stack:
             row = conn.execute(
                 "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted "
                 "FROM pg_stat_database WHERE datname = %s",
-                (PG_DB,),
+                (self.pg_db,),
             ).fetchone()
         return dict(
             zip(("xact_commit", "tup_inserted", "tup_updated", "tup_deleted"), row, strict=True)

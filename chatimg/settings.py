@@ -6,9 +6,12 @@ switches each piece on by setting its variable; docs/configuration.md lists
 every one of them.
 """
 
+import ipaddress
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+import django
 from django.core.exceptions import ImproperlyConfigured
 
 from chatimg.env import (
@@ -81,7 +84,11 @@ DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     try:
         DATABASES = {
-            "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+            # No health check: channels marks every trip to a database thread as
+            # a new request, so a check was a SELECT 1 before every turn start's
+            # queries (bench/). A connection that broke is dropped after its
+            # error (close_if_unusable_or_obsolete) and the next trip reconnects.
+            "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)
         }
     except (ValueError, dj_database_url.ParseError, dj_database_url.UnknownSchemeError) as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from None
@@ -300,10 +307,91 @@ MAX_TOOL_CALLS_PER_TURN = env_int("CHATIMG_MAX_TOOL_CALLS", 4, minimum=0)
 # tool calls although none were offered once made 780 in one answer).
 MAX_MODEL_ROUNDS = env_int("CHATIMG_MAX_MODEL_ROUNDS", MAX_TOOL_CALLS_PER_TURN + 2, minimum=1)
 MAX_MESSAGE_CHARS = env_int("CHATIMG_MAX_MESSAGE_CHARS", 8000, minimum=1)
+# Threads (each with its own database connection) for the database work of turn
+# starts and ends (conversations/dbpool.py).
+DB_THREADS = env_int("CHATIMG_DB_THREADS", 4, minimum=1)
 MAX_FRAME_BYTES = env_int("CHATIMG_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
 HISTORY_MESSAGES = env_int("CHATIMG_HISTORY_MESSAGES", 40, minimum=2)
 MESSAGES_PER_MINUTE = env_int("CHATIMG_MESSAGES_PER_MINUTE", 20, minimum=1)
 FRAMES_PER_10_SECONDS = env_int("CHATIMG_FRAMES_PER_10S", 200, minimum=10)
+
+# --- Security (docs/security.md) ---------------------------------------------------
+
+# Origins (scheme://host[:port]) whose pages may open the chat socket with the
+# session cookie. Empty: only the socket's own origin (its scheme and Host).
+WEBSOCKET_ALLOWED_ORIGINS = env_list("CHATIMG_WS_ALLOWED_ORIGINS", CSRF_TRUSTED_ORIGINS)
+# How often an open socket re-reads its session or token (revocations also
+# close sockets at once through the channel layer; this catches expiry).
+ACCESS_RECHECK_SECONDS = env_float("CHATIMG_ACCESS_RECHECK_SECONDS", 60.0, minimum=0.5)
+
+# Provider image URLs are fetched from public addresses only; these networks
+# (comma-separated CIDRs or addresses, e.g. "127.0.0.1" for a LocalAI on this
+# host) are fetched from as well.
+IMAGE_FETCH_ALLOWED_NETWORKS = []
+for _network in env_list("CHATIMG_IMAGE_FETCH_ALLOW", []):
+    try:
+        IMAGE_FETCH_ALLOWED_NETWORKS.append(ipaddress.ip_network(_network, strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"CHATIMG_IMAGE_FETCH_ALLOW must list networks like 127.0.0.1/32, got {_network!r}"
+        ) from None
+# One deadline for a whole download (lookup, connect, headers and body).
+IMAGE_FETCH_TIMEOUT_SECONDS = env_float("CHATIMG_IMAGE_FETCH_TIMEOUT", 30.0, minimum=1)
+
+# Image objects whose deletion storage refused are retried this often.
+DELETION_RETRY_SECONDS = env_float("CHATIMG_DELETION_RETRY_SECONDS", 60.0, minimum=0.1)
+
+# Content-Security-Policy on every response: no inline script runs, scripts
+# and styles come from this origin, images also from the image storage (the
+# image view redirects there). Django 6 has it built in; on 5.2 django-csp.
+_CSP_IMAGE_SOURCES = ["'self'", "data:", "blob:"]
+if S3_BUCKET:
+    _S3 = _default_storage["OPTIONS"]
+    if _S3["custom_domain"]:
+        _CSP_IMAGE_SOURCES.append(f"https://{_S3['custom_domain']}")
+    elif _S3["endpoint_url"]:
+        _CSP_IMAGE_SOURCES.append(_S3["endpoint_url"].rstrip("/"))
+    else:
+        _CSP_IMAGE_SOURCES.append("https://*.amazonaws.com")
+_CSP_IMAGE_SOURCES += env_list("CHATIMG_CSP_IMG_SRC", [])
+CSP_DIRECTIVES = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    # Style attributes stay allowed (the admin's transcript uses them); they run no code.
+    "style-src": ["'self'", "'unsafe-inline'"],
+    "img-src": _CSP_IMAGE_SOURCES,
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+if django.VERSION >= (6, 0):
+    SECURE_CSP = CSP_DIRECTIVES
+    MIDDLEWARE.insert(1, "django.middleware.csp.ContentSecurityPolicyMiddleware")
+else:
+    CONTENT_SECURITY_POLICY = {"DIRECTIVES": CSP_DIRECTIVES}
+    MIDDLEWARE.insert(1, "csp.middleware.CSPMiddleware")
+
+# Login throttling (django-axes): after CHATIMG_LOGIN_FAILURE_LIMIT wrong
+# passwords for one username from one address, that pair is locked out for
+# CHATIMG_LOGIN_COOLOFF_MINUTES (HTTP 429); a success resets the count.
+INSTALLED_APPS.append("axes")
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last, as axes requires
+AXES_FAILURE_LIMIT = env_int("CHATIMG_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("CHATIMG_LOGIN_COOLOFF_MINUTES", 15, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False  # no banner in every manage.py command
+# Behind N reverse proxies the client's address is N hops back in X-Forwarded-For.
+AXES_IPWARE_PROXY_COUNT = env_int("CHATIMG_PROXY_COUNT", 0, minimum=0) or None
+if AXES_IPWARE_PROXY_COUNT:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
 
 LOGGING = {
     "version": 1,

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlsplit
 
 from channels.db import database_sync_to_async
-from channels.security.websocket import AllowedHostsOriginValidator
+from channels.security.websocket import WebsocketDenier
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
+from django.http.request import split_domain_port, validate_host
 
 from conversations.models import ApiToken
 
@@ -37,28 +40,78 @@ class TokenAuthMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         raw = bearer_token(scope)
         if raw is not None:
-            user = await database_sync_to_async(ApiToken.objects.authenticate)(raw)
-            scope = {**scope, "user": user or AnonymousUser(), "auth": "token"}
+            token = await database_sync_to_async(ApiToken.objects.authenticate_token)(raw)
+            scope = {
+                **scope,
+                "user": token.user if token else AnonymousUser(),
+                "auth": "token",
+                # The socket re-checks this token while it is open (access.py).
+                "api_token_id": token.pk if token else None,
+            }
         return await self.app(scope, receive, send)
 
 
 class BrowserOriginValidator:
-    """Check the Origin of cookie-authenticated sockets only.
+    """Check the Origin of cookie-authenticated sockets by scheme, host and port.
 
     The origin check exists against cross-site websocket hijacking, which
     rides on the browser's cookies. A browser cannot set an Authorization
     header on a websocket, so a bearer-token handshake is not that attack,
     and programs (which send no Origin) must be able to connect.
+
+    Channels' AllowedHostsOriginValidator compares host names only, so a page
+    on another port or scheme of the same host passed. Here the Origin must be
+    one of settings.WEBSOCKET_ALLOWED_ORIGINS exactly or, when that list is
+    empty, the socket's own origin (ws -> http, wss -> https, and the Host
+    header, which must be an allowed host). A refusal is daphne's HTTP 403.
     """
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.validated = AllowedHostsOriginValidator(app)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        if bearer_token(scope) is not None:
+        if bearer_token(scope) is not None or origin_allowed(scope):
             return await self.app(scope, receive, send)
-        return await self.validated(scope, receive, send)
+        return await WebsocketDenier()(scope, receive, send)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def parse_origin(value: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin, default ports filled in; None if malformed."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in DEFAULT_PORTS or not host or parts.path not in ("", "/"):
+        return None
+    return scheme, host, port or DEFAULT_PORTS[scheme]
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_allowed(scope: dict[str, Any]) -> bool:
+    origin = _header(scope, b"origin")
+    theirs = parse_origin(origin) if origin else None
+    if theirs is None:
+        return False
+    configured = settings.WEBSOCKET_ALLOWED_ORIGINS
+    if configured:
+        return theirs in {parse_origin(item) for item in configured}
+    host = _header(scope, b"host") or ""
+    domain, _port = split_domain_port(host)
+    if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+        return False
+    scheme = "https" if scope.get("scheme") == "wss" else "http"
+    return theirs == parse_origin(f"{scheme}://{host}")
 
 
 def session_or_token_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

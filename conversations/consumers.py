@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import time
+import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,9 +20,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.cache import cache
 
-from conversations import protocol, runtime
+from conversations import access, frames, limits, protocol, runtime
 from conversations.models import (
     Conversation,
     Message,
@@ -31,6 +30,8 @@ from conversations.models import (
     TurnInProgress,
 )
 from conversations.turns import TurnContext
+
+log = logging.getLogger(__name__)
 
 
 class ProtocolError(protocol.ChatimgError):
@@ -87,10 +88,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401)
             return
         self.groups_joined: set[str] = set()
+        # Revocations reach the socket through its user's group (access.py).
+        self.credentials = access.Credentials.of(self.scope)
+        self.access_ended = False
+        await self._join(access.user_group(self.user.pk))
+        self.access_watch = asyncio.create_task(self._watch_access())
         # message_id -> how many characters of it this client has.
         self.offsets: dict[int, int] = {}
         self.resyncing: set[int] = set()
-        self.window_start, self.window_frames = time.monotonic(), 0
+        self.frame_window = limits.FrameWindow()
         await self.send(
             protocol.session_ready(
                 self.user.get_username(), {"max_message_chars": settings.MAX_MESSAGE_CHARS}
@@ -98,61 +104,47 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def disconnect(self, code: int) -> None:
+        if hasattr(self, "access_watch"):
+            self.access_watch.cancel()
         for group in getattr(self, "groups_joined", ()):
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not self.user.is_authenticated:
+        if not self.user.is_authenticated or self.access_ended:
             return
         try:
-            self._count_frame()
+            self.frame_window.count()
             payload = self._parse(text_data, bytes_data)
             handler = self.handlers.get(payload["type"])
             if handler is None:
                 raise ProtocolError("unknown_type", f"Unknown frame type {payload['type']!r}.")
             await handler(self, payload)
-        except ProtocolError as exc:
+        except access.AccessEnded as exc:
+            await self._end_access(exc.message)
+        except protocol.ChatimgError as exc:
             await self._send_error(exc.code, exc.message, ref=self._ref(text_data))
+        except Exception:
+            # Nothing a client sends may close its socket with 1011: a bug
+            # (logged with its traceback) is a typed error, and the socket lives.
+            log.exception("frame handler failed")
+            await self._send_error(
+                "internal_error", "Something went wrong on our side.", ref=self._ref(text_data)
+            )
 
     # --- frames from the client ------------------------------------------------
-
-    def _count_frame(self) -> None:
-        """A per-socket flood guard (fixed 10-second windows, in memory)."""
-        now = time.monotonic()
-        if now - self.window_start >= 10:
-            self.window_start, self.window_frames = now, 0
-        self.window_frames += 1
-        if self.window_frames > settings.FRAMES_PER_10_SECONDS:
-            raise ProtocolError("rate_limited", "Too many frames; slow down.")
-
-    def _count_message(self) -> None:
-        """Messages per user per minute, shared by all their sockets and processes.
-
-        Runs inside the trip to the ORM thread that opens the turn: Django's
-        async cache API would make trips of its own to that same thread.
-        """
-        window = int(time.time() // 60)
-        key = f"ratelimit:send:{self.user.pk}:{window}"
-        sent = 1 if cache.add(key, 1, timeout=65) else cache.incr(key)
-        if sent > settings.MESSAGES_PER_MINUTE:
-            retry_after = 60 - int(time.time()) % 60
-            raise ProtocolError(
-                "rate_limited",
-                f"You can send {settings.MESSAGES_PER_MINUTE} messages a minute; "
-                f"try again in {retry_after} s.",
-            )
 
     def _parse(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
         if text_data is None:
             raise ProtocolError("bad_frame", "Frames must be JSON text.")
-        if len(text_data.encode()) > settings.MAX_FRAME_BYTES:
+        # surrogatepass: measuring must not fail; frames.decode refuses such text.
+        if len(text_data.encode("utf-8", "surrogatepass")) > settings.MAX_FRAME_BYTES:
             raise ProtocolError(
                 "frame_too_large", f"Frames are limited to {settings.MAX_FRAME_BYTES} bytes."
             )
         try:
-            payload = json.loads(text_data)
-        except json.JSONDecodeError:
-            raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
+            payload = frames.decode(text_data)
+        except frames.FrameError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
             raise ProtocolError("bad_frame", "A frame is a JSON object with a string 'type'.")
         return payload
@@ -161,8 +153,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def _ref(text_data: str | None) -> str | None:
         """Echo the client's idempotency key in errors so it knows which send failed."""
         try:
-            ref = json.loads(text_data or "").get("client_message_id")
-        except (json.JSONDecodeError, AttributeError):
+            ref = frames.decode(text_data or "").get("client_message_id")
+        except (frames.FrameError, AttributeError):
             return None
         return ref if isinstance(ref, str) else None
 
@@ -239,7 +231,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         unless it is a resend of such a send. Returns (conversation, question,
         answer, created), as Conversation.begin_turn does.
         """
-        self._count_message()
+        self.credentials.verify()  # a revoked credential starts nothing new
+        limits.count_send(self.user.pk)
         fresh = False
         if conversation_id is not None:
             conversation = self._owned(conversation_id)
@@ -277,8 +270,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user))
 
     def _begin_regeneration(self, conversation_id: uuid.UUID) -> tuple[Conversation, int, Message]:
+        self.credentials.verify()
         conversation = self._owned(conversation_id)
-        self._count_message()
+        limits.count_send(self.user.pk)
         return conversation, *conversation.begin_regeneration()
 
     async def on_continue(self, payload: dict[str, Any]) -> None:
@@ -302,7 +296,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def _begin_continuation(self, conversation_id: uuid.UUID) -> tuple[Conversation, Message]:
         conversation = self._owned(conversation_id)
-        self._count_message()
+        limits.count_send(self.user.pk)
         return conversation, conversation.begin_continuation()
 
     async def on_cancel(self, payload: dict[str, Any]) -> None:
@@ -331,10 +325,47 @@ class ChatConsumer(AsyncWebsocketConsumer):
         "ping": on_ping,
     }
 
+    # --- credentials that end while the socket is open (access.py) ----------
+
+    async def _watch_access(self) -> None:
+        """Re-check the credentials now and then: session expiry sends no event."""
+        period = settings.ACCESS_RECHECK_SECONDS
+        # The first check at a random point of the period spreads a crowd's checks.
+        await asyncio.sleep(period * random.uniform(0.5, 1.0))
+        while not self.access_ended:
+            try:
+                await database_sync_to_async(self.credentials.verify)()
+            except access.AccessEnded as exc:
+                await self._end_access(exc.message)
+                return
+            except Exception:
+                log.exception("could not re-check a socket's credentials")
+            await asyncio.sleep(period)
+
+    async def access_revoke(self, event: dict[str, Any]) -> None:
+        if self.credentials.matches(event):
+            await self._end_access(event.get("message") or access.SESSION_ENDED)
+
+    async def access_recheck(self, event: dict[str, Any]) -> None:
+        try:
+            await database_sync_to_async(self.credentials.verify)()
+        except access.AccessEnded as exc:
+            await self._end_access(exc.message)
+
+    async def _end_access(self, message: str) -> None:
+        """Tell the client why, then close with 4401 (log in again)."""
+        if self.access_ended:
+            return
+        self.access_ended = True
+        await self._send_error("unauthenticated", message)
+        await self.close(code=4401)
+
     # --- following a conversation ---------------------------------------------
 
     async def _follow(self, conversation: Conversation) -> None:
-        group = protocol.group_name(conversation.pk)
+        await self._join(protocol.group_name(conversation.pk))
+
+    async def _join(self, group: str) -> None:
         if group not in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
             self.groups_joined.add(group)

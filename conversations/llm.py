@@ -546,25 +546,26 @@ def _image_error(exc: openai.OpenAIError) -> ImageAPIError:
 
 
 async def _download(url: str) -> bytes:
-    """Fetch a provider's image URL with a size cap and a timeout."""
-    limit = settings.IMAGE_MAX_BYTES
+    """Fetch a provider's image URL: public addresses only, a size cap, one deadline."""
+    from conversations import fetching  # the SSRF-guarded fetcher (docs/security.md)
+
     try:
-        async with (
-            httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, connect=10.0)) as http,
-            http.stream("GET", url) as response,
-        ):
-            response.raise_for_status()
-            chunks: list[bytes] = []
-            received = 0
-            async for chunk in response.aiter_bytes():
-                received += len(chunk)
-                if received > limit:
-                    raise ImageAPIError("image_too_large", "The generated image is too large.")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx2.TimeoutException as exc:
-        raise ImageAPIError("image_timeout", "Downloading the image took too long.") from exc
-    except httpx2.HTTPError as exc:
+        return await fetching.fetch(
+            url,
+            max_bytes=settings.IMAGE_MAX_BYTES,
+            deadline=settings.IMAGE_FETCH_TIMEOUT_SECONDS,
+            allowed=settings.IMAGE_FETCH_ALLOWED_NETWORKS,
+        )
+    except fetching.FetchError as exc:
+        if exc.code == "refused":
+            raise ImageAPIError(
+                "image_url_refused",
+                "The image service gave an address the server does not fetch from.",
+            ) from exc
+        if exc.code == "too_large":
+            raise ImageAPIError("image_too_large", "The generated image is too large.") from exc
+        if exc.code == "timeout":
+            raise ImageAPIError("image_timeout", "Downloading the image took too long.") from exc
         raise ImageAPIError("image_unavailable", "The image could not be downloaded.") from exc
 
 

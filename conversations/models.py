@@ -25,25 +25,76 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
+from conversations.protocol import ChatimgError
+
 log = logging.getLogger(__name__)
 
 
 INTERRUPTED_MESSAGE = "The server stopped while this answer was being written."
 
 
-class TurnInProgress(Exception):
+class TurnInProgress(ChatimgError):
     """The conversation already has an answer streaming."""
 
+    def __init__(self) -> None:
+        super().__init__("turn_in_progress", "Wait for the current answer to finish, or stop it.")
 
-class NothingToRegenerate(Exception):
+
+class NothingToRegenerate(ChatimgError):
     """The conversation does not end with an answer."""
 
+    def __init__(self) -> None:
+        super().__init__("nothing_to_regenerate", "There is no answer to redo.")
 
-class NothingToContinue(Exception):
+
+class NothingToContinue(ChatimgError):
     """The conversation does not end with an answer cut off by its length limit."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "nothing_to_continue", "The last answer was not cut off; there is nothing to add."
+        )
+
+
+class NotFound(ChatimgError):
+    """No such conversation for this user: the same answer for someone else's."""
+
+    def __init__(self) -> None:
+        super().__init__("not_found", "No such conversation.")
 
 
 class ConversationQuerySet(models.QuerySet):
+    def owned(self, user: Any, pk: uuid.UUID) -> Conversation:
+        """The user's conversation, or NotFound (for another user's too: nothing leaks)."""
+        conversation = self.filter(pk=pk, user=user).first()
+        if conversation is None:
+            raise NotFound
+        return conversation
+
+    def start_turn(
+        self, user: Any, conversation_id: uuid.UUID | None, client_message_id: str, text: str
+    ) -> tuple[Conversation, Message, Message, bool]:
+        """Store a question and open its answer: (conversation, question, answer, created).
+
+        A send without a conversation starts one (titled by the message),
+        unless it is a resend of such a send; see Conversation.begin_turn.
+        """
+        fresh = False
+        if conversation_id is not None:
+            conversation = self.owned(user, conversation_id)
+        else:
+            earlier = (
+                Message.objects.filter(conversation__user=user, client_message_id=client_message_id)
+                .select_related("conversation")
+                .first()
+            )
+            if earlier is not None:
+                conversation = earlier.conversation
+            else:
+                conversation = self.create(user=user, title=Conversation.title_from(text))
+                fresh = True
+        return conversation, *conversation.begin_turn(text, client_message_id, touch=not fresh)
+
     def page(
         self, cursor: tuple[Any, uuid.UUID] | None, size: int
     ) -> tuple[list[Conversation], tuple[Any, uuid.UUID] | None]:
@@ -103,6 +154,20 @@ class Conversation(models.Model):
             .order_by("-id")[: settings.HISTORY_MESSAGES]
         )
         return list(reversed(recent))
+
+    def latest_answer(self, message_id: int | None = None) -> Message | None:
+        """The answer a client catching up should get (images prefetched).
+
+        The client's `message_id` while it exists; once it was regenerated
+        (and so deleted) while the client was away, the latest answer.
+        """
+        answers = self.messages.filter(role=Message.Role.ASSISTANT).prefetch_related(
+            "tool_invocations__image"
+        )
+        latest = answers.order_by("-id").first()
+        if message_id is not None and latest is not None and latest.pk != message_id:
+            return answers.filter(pk=message_id).first() or latest
+        return latest
 
     def begin_turn(
         self, text: str, client_message_id: str, *, touch: bool = True
@@ -534,21 +599,90 @@ class GeneratedImage(models.Model):
 def delete_image_object(sender: type, instance: GeneratedImage, **kwargs: Any) -> None:
     """Deleting an image row, directly or by cascade, removes its object too.
 
-    Only once the deletion has committed (a rolled-back delete keeps both), and
-    only when no other row shares the object (identical bytes are stored once).
+    The debt is written in the deleting transaction (a PendingDeletion), so it
+    is never lost: not when storage refuses, not when the process dies before
+    the object is gone. Once the deletion commits the object is deleted and
+    the record with it; a failure leaves the record for the retries
+    (PendingDeletion.objects.retry_due). Identical bytes are stored once:
+    an object another row still uses is kept.
     """
     name = instance.file.name
-
-    def remove() -> None:
-        if GeneratedImage.objects.filter(file=name).exists():
-            return
-        try:
-            default_storage.delete(name)
-        except Exception:
-            log.exception("could not delete image object %s", name)
-
     if name:
-        transaction.on_commit(remove)
+        PendingDeletion.objects.get_or_create(key=name)
+        transaction.on_commit(lambda: PendingDeletion.objects.settle([name]))
+
+
+class PendingDeletionQuerySet(models.QuerySet):
+    def settle(self, keys: list[str]) -> int:
+        """Delete these objects from storage; returns how many are still owed.
+
+        Storage calls block: run this off the event loop. A success also
+        works off the backlog (storage is evidently up again).
+        """
+        owed = 0
+        for key in keys:
+            if not self._settle_one(key):
+                owed += 1
+        if keys and not owed:
+            self.retry_due(limit=20, failed_only=True)
+        return owed
+
+    def _settle_one(self, key: str) -> bool:
+        if GeneratedImage.objects.filter(file=key).exists():
+            self.filter(key=key).delete()  # still in use (a shared object): keep it
+            return True
+        try:
+            default_storage.delete(key)
+        except Exception as exc:
+            log.warning("could not delete image object %s (will retry): %s", key, exc)
+            record = self.filter(key=key).first()
+            if record is not None:
+                record.failed(exc)
+            return False
+        self.filter(key=key).delete()
+        return True
+
+    def retry_due(self, limit: int = 100, *, failed_only: bool = False) -> int:
+        """Retry the deletions whose next attempt is due; returns how many are still owed.
+
+        `failed_only` skips records not tried yet (their own transaction's
+        on_commit is about to try them).
+        """
+        due = self.filter(next_attempt_at__lte=timezone.now())
+        if failed_only:
+            due = due.filter(attempts__gt=0)
+        due = list(due.order_by("next_attempt_at").values_list("key", flat=True)[:limit])
+        owed = 0
+        for key in due:
+            if not self._settle_one(key):
+                owed += 1
+        return owed
+
+
+class PendingDeletion(models.Model):
+    """A storage object that must be deleted: its row is gone, the object may not be."""
+
+    key = models.CharField(max_length=200, unique=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = PendingDeletionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.attempts} attempts)"
+
+    def failed(self, error: Exception) -> None:
+        """Back off: 10 s, 20 s, 40 s ... up to an hour between attempts."""
+        self.attempts += 1
+        self.last_error = f"{type(error).__name__}: {error}"[:1000]
+        delay = min(3600, 10 * 2 ** min(self.attempts - 1, 12))
+        self.next_attempt_at = timezone.now() + timedelta(seconds=delay)
+        self.save(update_fields=["attempts", "last_error", "next_attempt_at"])
 
 
 class QuotaExceeded(Exception):
@@ -610,6 +744,11 @@ class ImageQuota(models.Model):
 class ApiTokenQuerySet(models.QuerySet):
     def authenticate(self, raw: str) -> Any:
         """The active user a raw bearer token belongs to, or None."""
+        token = self.authenticate_token(raw)
+        return None if token is None else token.user
+
+    def authenticate_token(self, raw: str) -> ApiToken | None:
+        """The live token (its user selected) for a raw bearer token, or None."""
         token = (
             self.filter(digest=ApiToken.digest_of(raw), revoked_at=None, user__is_active=True)
             .select_related("user")
@@ -618,7 +757,7 @@ class ApiTokenQuerySet(models.QuerySet):
         if token is None:
             return None
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-        return token.user
+        return token
 
 
 class ApiToken(models.Model):

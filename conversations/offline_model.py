@@ -146,12 +146,16 @@ class ImageReply:
 
     ``response_format`` None means "whatever the request asked for" (default ``b64_json``).
     ``prompt_override`` renders a different prompt than the one requested.
+    ``url`` answers with that URL instead of one of this server's (a provider
+    hosting its images elsewhere, or one pointing the app at an address it must
+    not fetch).
     """
 
     response_format: str | None = None
     revised_prompt: str | None = None
     delay: float = 0.0
     prompt_override: str | None = None
+    url: str | None = None
 
 
 ChatScript = Reply | Fail | Hang
@@ -882,7 +886,9 @@ class _Handler(BaseHTTPRequestHandler):
             # Extra images in one request get their own look; the first is the canonical one.
             png = render_image(prompt if index == 0 else f"{prompt}\n#{index}", width, height)
             item: dict[str, Any]
-            if response_format == "url":
+            if reply.url is not None:
+                item = {"url": reply.url}
+            elif response_format == "url":
                 item = {"url": f"http://{host}/files/{model._store_file(png)}"}
             else:
                 item = {"b64_json": base64.b64encode(png).decode("ascii")}

@@ -12,6 +12,7 @@ nothing of the runtime.
   a pending channels-redis receive() mid-BZPOPMIN leaves the shared connection
   unusable for the process's other receivers, so turns do not each run (and
   cancel) a receiver of their own.
+- Storage deletions that failed are retried (conversations/deletions.py).
 - The sweep: answers whose process died (no heartbeat lately) are closed, and
   their followers told; at start-up and then periodically, in every process
   (it is idempotent).
@@ -32,7 +33,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations import protocol
+from conversations import deletions, protocol
 from conversations.models import Message
 from conversations.turns import Turn, TurnContext
 
@@ -72,6 +73,7 @@ async def _runtime() -> _Runtime:
         runtime = _Runtime(channel)
         _background(runtime, _serve_control(runtime))
         _background(runtime, _sweep_forever())
+        _background(runtime, deletions.retry_forever())
         _runtimes[loop] = runtime
         _stop_with_the_server()
         _starting.pop(loop).set_result(runtime)

@@ -67,7 +67,11 @@ def chat(request: HttpRequest, conversation_id: uuid.UUID | None = None) -> Http
     conversation = None
     messages: list[Message] = []
     if conversation_id is not None:
-        conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
+        conversation = Conversation.objects.filter(pk=conversation_id, user=request.user).first()
+        if conversation is None:
+            # Missing or someone else's: the app's own page, in development too
+            # (Http404 would show Django's debug page there, with the URL list).
+            return render(request, "404.html", status=404)
         messages = list(
             conversation.messages.prefetch_related(
                 Prefetch("tool_invocations__image", queryset=GeneratedImage.objects.all())
@@ -180,22 +184,49 @@ def image(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
     return response
 
 
+#: The raw token travels from the POST to the page that shows it in a short-lived
+#: signed cookie, never in the database (only its digest is stored).
+NEW_TOKEN_COOKIE = "chatimg_new_token"  # noqa: S105 (a cookie name)
+
+
 @login_required
 def tokens(request: HttpRequest) -> HttpResponse:
-    """Personal API tokens for the CLI and other programs; the raw token is shown once."""
-    created = None
+    """Personal API tokens for the CLI and other programs; the raw token is shown once.
+
+    Post/redirect/get: reloading the page that shows a new token shows the
+    list, and never creates a second token.
+    """
     error = ""
     if request.method == "POST":
         name = request.POST.get("name", "").strip()[:100]
         if name:
-            _, created = ApiToken.issue(request.user, name)
-        else:
-            error = "Give the token a name, e.g. the machine it is for."
-    return render(
+            _, raw = ApiToken.issue(request.user, name)
+            response = redirect("tokens")
+            response.set_signed_cookie(
+                NEW_TOKEN_COOKIE,
+                raw,
+                salt=f"new-token:{request.user.pk}",
+                max_age=120,
+                path=reverse("tokens"),
+                secure=settings.SESSION_COOKIE_SECURE,
+                httponly=True,
+                samesite="Strict",
+            )
+            return response
+        error = "Give the token a name, e.g. the machine it is for."
+    created = request.get_signed_cookie(
+        NEW_TOKEN_COOKIE, default=None, salt=f"new-token:{request.user.pk}", max_age=120
+    )
+    response = render(
         request,
         "conversations/tokens.html",
         {"tokens": request.user.api_tokens.all(), "created": created, "error": error},
+        status=400 if error else 200,
     )
+    if created:
+        response.delete_cookie(NEW_TOKEN_COOKIE, path=reverse("tokens"), samesite="Strict")
+        patch_cache_control(response, no_store=True)
+    return response
 
 
 @login_required

@@ -115,7 +115,8 @@ async def open_socket(
 ) -> tuple[bool, Any]:
     from chatimg.asgi import application
 
-    headers = list(headers or [])
+    # A browser's handshake names the host it connects to; the origin check compares.
+    headers = [(b"host", b"testserver"), *(headers or [])]
     if origin:
         headers.append((b"origin", origin.encode()))
     if user is not None:

@@ -303,7 +303,8 @@ async def test_closed_sockets_leave_nothing_behind_in_the_channel_layer(
         await socket.send("conversation.subscribe", conversation_id=str(conversation.pk))
         assert (await socket.receive())["type"] == "conversation.state"
         sockets.append(socket)
-    assert sum(len(g) for g in layer.groups.values()) == before[1] + 3
+    # Each socket is in the conversation's group and in its user's access group.
+    assert sum(len(g) for g in layer.groups.values()) == before[1] + 6
 
     for socket in sockets:
         await socket.close()

@@ -192,3 +192,24 @@ async def test_cancel_on_one_process_stops_the_turn_running_on_the_other(
     assert final["status"] == "cancelled"
     shown = runner.text(accepted["assistant_message_id"])
     assert shown and len(shown) < len(UPSTREAM) and final["text_length"] == len(shown)
+
+
+async def test_revocations_on_one_process_close_the_sockets_on_the_other(
+    two_processes: Any,
+) -> None:
+    from tests.attack import Visitor, assert_closed_for_login, ready_socket
+
+    one, two, _token = two_processes
+    name = f"rev{uuid.uuid4().hex[:6]}"
+    one.create_user(name)
+    here = Visitor(one)
+    assert here.login(name).status_code == 302
+    token = here.create_token()
+    # Sockets on the other process: one with the session cookie, one with the token.
+    browser = await ready_socket(two, session=here.session)
+    program = await ready_socket(two, token=token, origin=None)
+    here.post(f"/tokens/{here.token_ids()[0]}/revoke/")
+    await assert_closed_for_login(program, "token was revoked")
+    await browser.ping()  # the session is untouched by the token's revocation
+    here.post("/logout/")
+    await assert_closed_for_login(browser, "session ended")

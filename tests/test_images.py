@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import urllib.request
 from typing import Any
@@ -223,6 +224,8 @@ async def test_a_provider_url_is_fetched_and_stored_like_base64(
     make_user: Any, connect: Any, fake_openai: Any, local_storage: Any, settings: Any
 ) -> None:
     settings.IMAGE_RESPONSE_FORMAT = "url"
+    # The fake serves its files on loopback: allowed as a self-hosted provider's would be.
+    settings.IMAGE_FETCH_ALLOWED_NETWORKS = [ipaddress.ip_network("127.0.0.1/32")]
     user = await database_sync_to_async(make_user)()
     frames = await draw(connect, user)
     assert any(f["type"] == "tool.completed" for f in frames)
@@ -238,6 +241,7 @@ async def test_an_oversized_image_from_a_provider_url_is_refused(
     make_user: Any, connect: Any, fake_openai: Any, local_storage: Any, settings: Any
 ) -> None:
     settings.IMAGE_RESPONSE_FORMAT = "url"
+    settings.IMAGE_FETCH_ALLOWED_NETWORKS = [ipaddress.ip_network("127.0.0.1/32")]
     settings.IMAGE_MAX_BYTES = 2048  # a 256x256 PNG of the fake is larger
     user = await database_sync_to_async(make_user)()
     frames = await draw(connect, user)

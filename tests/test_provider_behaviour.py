@@ -7,6 +7,7 @@ frames, what goes back to the model) is checked, not only the stream reader.
 
 from __future__ import annotations
 
+import ipaddress
 import socket as sockets
 from typing import Any
 
@@ -193,8 +194,10 @@ async def test_the_title_request_is_bounded_and_its_markdown_is_cleaned(
 
 
 async def test_images_are_requested_without_response_format_by_default(
-    make_user: Any, connect: Any, fake_openai: Any, local_storage: Any
+    make_user: Any, connect: Any, fake_openai: Any, local_storage: Any, settings: Any
 ) -> None:
+    # The fake's image URL is on loopback, which only an allow-list lets through.
+    settings.IMAGE_FETCH_ALLOWED_NETWORKS = [ipaddress.ip_network("127.0.0.1/32")]
     fake_openai.script_images(ImageReply(response_format="url"))  # a gateway may answer a URL
     _, frames = await ask(connect, make_user, "draw a lighthouse at dusk")
     assert "response_format" not in fake_openai.image_requests()[0].body

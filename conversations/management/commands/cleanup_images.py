@@ -5,10 +5,10 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.files.storage import Storage, default_storage
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from conversations.models import GeneratedImage
+from conversations.models import GeneratedImage, PendingDeletion
 
 PREFIX = "images"
 
@@ -44,13 +44,32 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         apply = options["apply"]
         verb = "Deleting" if apply else "Would delete"
-        objects = stored_keys(default_storage)
+        # Deletions that storage refused: owed, recorded, retried (models.PendingDeletion).
+        # Reported first: they matter most when storage is down.
+        pending = list(PendingDeletion.objects.order_by("created_at"))
+        for record in pending:
+            self.stdout.write(
+                f"{'Retrying' if apply else 'Pending'} deletion of {record.key} "
+                f"({record.attempts} failed attempt(s); last: {record.last_error or '-'})"
+            )
+        try:
+            objects = stored_keys(default_storage)
+        except Exception as exc:
+            raise CommandError(
+                f"Storage cannot be listed ({exc}); {len(pending)} pending deletion(s)."
+            ) from exc
         rows: dict[str, list[Any]] = defaultdict(list)  # identical bytes share a key
         for key, image_id in GeneratedImage.objects.values_list("file", "id").order_by():
             rows[key].append(image_id)
+        still_owed = (
+            PendingDeletion.objects.settle([r.key for r in pending]) if apply else len(pending)
+        )
+        owed_keys = {record.key for record in pending}
         cutoff = timezone.now() - timedelta(seconds=options["min_age"])
         orphans = sorted(
-            key for key in objects - set(rows) if default_storage.get_modified_time(key) <= cutoff
+            key
+            for key in objects - set(rows) - owed_keys
+            if default_storage.get_modified_time(key) <= cutoff
         )
         for key in orphans:
             self.stdout.write(f"{verb} object without a row: {key}")
@@ -64,7 +83,8 @@ class Command(BaseCommand):
                 if apply:
                     self._drop_row(image_id)
         self.stdout.write(
-            f"{len(orphans)} object(s) without a row, {missing_rows} row(s) without an object"
+            f"{len(orphans)} object(s) without a row, {missing_rows} row(s) without an object, "
+            f"{still_owed} pending deletion(s)"
             + ("." if apply else " (dry run: nothing deleted; use --apply).")
         )
 

@@ -1,0 +1,36 @@
+"""Retrying the storage deletions that failed (models.PendingDeletion), in the background.
+
+Each server process retries what is due every CHATIMG_DELETION_RETRY_SECONDS,
+off the event loop and off the ORM thread (storage calls block). `cleanup_images`
+reports what is still owed and retries it too (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+from conversations.models import PendingDeletion
+
+log = logging.getLogger(__name__)
+
+
+def _retry_once() -> int:
+    try:
+        return PendingDeletion.objects.retry_due()
+    finally:
+        close_old_connections()  # this worker thread's connection must not go stale
+
+
+async def retry_forever() -> None:
+    """The process's retry loop (run by conversations/runtime.py)."""
+    while True:
+        await asyncio.sleep(settings.DELETION_RETRY_SECONDS)
+        try:
+            await sync_to_async(_retry_once, thread_sensitive=False)()
+        except Exception:
+            log.exception("retrying storage deletions failed")

@@ -162,6 +162,34 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 S3_BUCKET = env_str("S3_BUCKET")
 S3_PRESIGN_SECONDS = env_int("S3_PRESIGN_SECONDS", 300, minimum=10)
+S3_CUSTOM_DOMAIN = env_str("S3_CUSTOM_DOMAIN")
+# The bucket is private, so a URL on a custom domain must be signed too:
+# django-storages signs only for CloudFront (a key pair of its key group),
+# and would otherwise hand out unsigned URLs that a private bucket refuses.
+S3_CLOUDFRONT_KEY_ID = env_str("S3_CLOUDFRONT_KEY_ID")
+S3_CLOUDFRONT_KEY = env_str("S3_CLOUDFRONT_KEY")
+if env_str("S3_CLOUDFRONT_KEY_FILE"):
+    try:
+        S3_CLOUDFRONT_KEY = Path(env_str("S3_CLOUDFRONT_KEY_FILE")).read_text()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"S3_CLOUDFRONT_KEY_FILE cannot be read: {exc}") from None
+if "\\n" in S3_CLOUDFRONT_KEY and "\n" not in S3_CLOUDFRONT_KEY:
+    S3_CLOUDFRONT_KEY = S3_CLOUDFRONT_KEY.replace("\\n", "\n")  # a PEM from a .env line
+if S3_BUCKET and S3_CUSTOM_DOMAIN:
+    if not (S3_CLOUDFRONT_KEY_ID and S3_CLOUDFRONT_KEY):
+        raise ImproperlyConfigured(
+            "S3_CUSTOM_DOMAIN serves the private bucket only through signed CloudFront URLs: "
+            "set S3_CLOUDFRONT_KEY_ID and S3_CLOUDFRONT_KEY (or S3_CLOUDFRONT_KEY_FILE), "
+            "or unset S3_CUSTOM_DOMAIN to redirect to presigned URLs of the S3 endpoint"
+        )
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:  # a bad key fails here, not at the first image a user opens
+        load_pem_private_key(S3_CLOUDFRONT_KEY.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(
+            f"S3_CLOUDFRONT_KEY is not an unencrypted PEM private key: {exc}"
+        ) from None
 if S3_BUCKET:
     _default_storage: dict[str, Any] = {
         "BACKEND": "storages.backends.s3.S3Storage",
@@ -175,7 +203,9 @@ if S3_BUCKET:
                 "S3_ADDRESSING_STYLE", "path", {"path", "virtual", "auto"}
             ),
             "signature_version": "s3v4",
-            "custom_domain": env_str("S3_CUSTOM_DOMAIN") or None,
+            "custom_domain": S3_CUSTOM_DOMAIN or None,
+            "cloudfront_key_id": S3_CLOUDFRONT_KEY_ID or None,
+            "cloudfront_key": S3_CLOUDFRONT_KEY or None,
             "querystring_auth": True,
             "querystring_expire": S3_PRESIGN_SECONDS,
             "default_acl": None,

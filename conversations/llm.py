@@ -295,6 +295,9 @@ async def stream_chat(
         kwargs.update(_token_limit(settings.MAX_OUTPUT_TOKENS))
     if tools:
         kwargs["tools"] = tools
+        # OpenAI's default, said out loud: llama-cpp-python ignores the tools
+        # without it (it answers in text, never calling one).
+        kwargs["tool_choice"] = "auto"
     request = client().chat.completions.with_streaming_response.create(**kwargs)
     try:
         response = await request.__aenter__()
@@ -408,6 +411,8 @@ async def _complete(kwargs: dict[str, Any]) -> list[StreamEvent]:
         completion = await client().chat.completions.create(**kwargs)
     except openai.OpenAIError as exc:
         raise _llm_error(exc) from exc
+    except ValueError as exc:  # a 200 whose body is not a completion
+        raise LLMError("upstream_error", "The model's answer could not be read.") from exc
     events: list[StreamEvent] = []
     choice = completion.choices[0] if completion.choices else None
     message = choice.message if choice else None

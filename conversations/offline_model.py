@@ -1080,12 +1080,13 @@ def main(argv: list[str] | None = None) -> None:
         token_delay=args.token_delay,
         first_token_delay=args.first_token_delay,
     )
-    server.start()
-    print(server.base_url, flush=True)
     # SIGTERM as well as Ctrl-C: a process started in the background by a shell
-    # has SIGINT ignored, and process managers stop servers with SIGTERM.
+    # has SIGINT ignored, and process managers stop servers with SIGTERM. The
+    # handler goes in before the address is printed: whoever read it may stop us.
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    server.start()
+    print(server.base_url, flush=True)
     try:
         stopping.wait()
     except KeyboardInterrupt:

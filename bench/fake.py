@@ -1,4 +1,4 @@
-"""The OpenAI fake for benchmarks: ``conversations.offline_model`` plus timestamps.
+"""The OpenAI fake for benchmarks: ``offline_model`` plus timestamps.
 
 Run it in its own process (so it takes no CPU from the measured daphne's GIL):
 
@@ -38,17 +38,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import IMAGE_MARKER_RE, MARKER_RE, reply_tokens
-from conversations import offline_model
-from conversations.offline_model import (
+from offline_model import (
+    ChatScript,
+    Handler,
+    ImageScript,
     OfflineModelServer,
     Reply,
     ToolCall,
-    _Handler,
-    _HTTPServer,
-    _text_of,
+    last_user_text,
+    render_image,
 )
-
-_local = threading.local()
 
 
 @dataclass
@@ -64,19 +63,36 @@ class Record:
     image_response_bytes: int = 0
 
 
-class _BenchHTTPServer(_HTTPServer):
-    # Hundreds of streams connect at once in the sweep.
-    request_queue_size = 2048
+class BenchModelServer(OfflineModelServer):
+    """The offline model serving with ``BenchHandler``, holding the stamps by id."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, token_delay: float = 0.0) -> None:
+        # Hundreds of streams connect at once in the sweep.
+        super().__init__(host, port, token_delay=token_delay, handler=BenchHandler, backlog=2048)
+        self.stamp_lock = threading.Lock()
+        self.stamps: dict[str, Record] = {}
 
 
-class _BenchHandler(_Handler):
-    server: _BenchHTTPServer
-    _bench: Record | None = None
+class BenchHandler(Handler):
+    """The offline model's handler with bench markers, timestamps and absolute pacing.
 
-    def do_GET(self) -> None:
-        if self.path.startswith("/bench/stamps"):
-            model: BenchModelServer = self.server.model  # type: ignore[assignment]
-            with model.stamp_lock:
+    One instance serves one connection (on its own thread), so the per-request state
+    below is the current request's.
+    """
+
+    _reply: Reply | None = None  # this request's marker reply
+    _deadline: float | None = None  # the pacing schedule's next tick (time.monotonic)
+    _bench: Record | None = None  # this chat request's stamps
+    _image: Record | None = None  # this image request's stamps
+
+    @property
+    def bench(self) -> BenchModelServer:
+        assert isinstance(self.model, BenchModelServer)
+        return self.model
+
+    def extra_route(self, method: str, path: str, body: dict[str, Any] | None) -> bool:
+        if method == "GET" and path.startswith("/bench/stamps"):
+            with self.bench.stamp_lock:
                 payload = {
                     key: {
                         "arrived": rec.arrived,
@@ -85,141 +101,101 @@ class _BenchHandler(_Handler):
                         "image_sent": rec.image_sent,
                         "image_response_bytes": rec.image_response_bytes,
                     }
-                    for key, rec in model.stamps.items()
+                    for key, rec in self.bench.stamps.items()
                 }
-            self._send_json(200, payload)
-            return
-        super().do_GET()
+            self.send_json(200, payload)
+            return True
+        if method == "POST" and path.startswith("/bench/reset"):
+            with self.bench.stamp_lock:
+                self.bench.stamps.clear()
+            self.send_json(200, {"ok": True})
+            return True
+        return False
 
-    def do_POST(self) -> None:
-        if self.path.startswith("/bench/reset"):
-            model: BenchModelServer = self.server.model  # type: ignore[assignment]
-            with model.stamp_lock:
-                model.stamps.clear()
-            self._read_body()
-            self._send_json(200, {"ok": True})
-            return
-        super().do_POST()
-
-    def _chat(self, body: dict[str, Any] | None, raw: bytes) -> None:
+    def chat_script(self, body: dict[str, Any]) -> ChatScript | None:
         arrived = time.time()
-        _local.reply = None
-        _local.deadline = time.monotonic()
+        self._deadline = time.monotonic()
         self._bench = None
-        user_text = ""
-        messages = (body or {}).get("messages") or []
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                user_text = _text_of(message.get("content"))
-                break
+        messages = body.get("messages") or []
+        user_text = last_user_text(messages)
         last_role = messages[-1].get("role") if messages and isinstance(messages[-1], dict) else ""
         # Only a streamed chat whose user text *is* a marker: the app's title request
         # quotes the user text ("User: bench tokens=...") and must not be taken for it.
         match = MARKER_RE.match(user_text.strip())
         image = IMAGE_MARKER_RE.fullmatch(user_text.strip())
-        if image and last_role == "user" and (body or {}).get("stream"):
+        if image and last_role == "user" and body.get("stream"):
             # One tool call; the round after it (last message: the tool result) gets
             # the offline model's usual follow-up sentence.
-            _local.reply = Reply(
+            return Reply(
                 text="Drawing it.",
                 tool_calls=[ToolCall("generate_image", {"prompt": user_text.strip()})],
             )
-        elif match and (body or {}).get("stream"):
+        if match and body.get("stream"):
             count, delay = int(match["tokens"]), float(match["delay"])
             ttft = float(match["ttft"]) if match["ttft"] else None
-            _local.reply = Reply(
-                tokens=list(reply_tokens(count)), token_delay=delay, first_token_delay=ttft
-            )
             record = Record(tokens=count, arrived=arrived)
             self._bench = record
-            model: BenchModelServer = self.server.model  # type: ignore[assignment]
-            with model.stamp_lock:
-                model.stamps[match["id"]] = record
-        try:
-            super()._chat(body, raw)
-        finally:
-            _local.reply = None
-            self._bench = None
+            with self.bench.stamp_lock:
+                self.bench.stamps[match["id"]] = record
+            return Reply(
+                tokens=list(reply_tokens(count)), token_delay=delay, first_token_delay=ttft
+            )
+        return super().chat_script(body)
 
-    def _images(self, body: dict[str, Any] | None, raw: bytes) -> None:
-        prompt = (body or {}).get("prompt")
-        match = IMAGE_MARKER_RE.fullmatch(prompt.strip()) if isinstance(prompt, str) else None
-        if match:
-            record = Record(tokens=0, arrived=time.time())
-            self._image = record
-            model: BenchModelServer = self.server.model  # type: ignore[assignment]
-            with model.stamp_lock:
-                model.stamps["image-" + match["id"]] = record
-        try:
-            super()._images(body, raw)
-        finally:
-            self._image = None
-
-    _image: Record | None = None
-
-    def _send_bytes(
-        self, status: int, content: bytes, content_type: str, headers: Any = None
-    ) -> None:
-        record = self._image
-        if record is not None:
-            record.image_ready = time.time()  # rendered and encoded: the bytes are available
-            record.image_response_bytes = len(content)
-        super()._send_bytes(status, content, content_type, headers)
-        if record is not None:
-            record.image_sent = time.time()
-
-    def _send_event(self, data: str) -> None:
+    def before_event(self, data: str) -> None:
         record = self._bench
         if record is not None:
             # Event 1 is the role chunk ("content": ""); events 2..N+1 carry the tokens.
             record.events += 1
             if 2 <= record.events <= record.tokens + 1:
                 record.times.append(time.time())  # just before the bytes are written
-        super()._send_event(data)
 
-
-_render_image = offline_model.render_image
-
-
-def _noisy_render(prompt: str, width: int, height: int) -> bytes:
-    """The offline picture with 10 % noise, for bench prompts: a provider-sized PNG."""
-    png = _render_image(prompt, width, height)
-    if not IMAGE_MARKER_RE.fullmatch(prompt.strip()):
-        return png
-    from PIL import Image
-
-    base = Image.open(io.BytesIO(png)).convert("RGB")
-    noise = Image.frombytes("RGB", base.size, random.Random(prompt).randbytes(3 * width * height))
-    buffer = io.BytesIO()
-    Image.blend(base, noise, 0.1).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-offline_model.render_image = _noisy_render  # this process only: the fake's own renderer
-
-
-class BenchModelServer(OfflineModelServer):
-    server_class = _BenchHTTPServer
-    handler_class = _BenchHandler
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.stamp_lock = threading.Lock()
-        self.stamps: dict[str, Record] = {}
-
-    def _next_chat(self) -> Any:
-        reply = getattr(_local, "reply", None)
-        return reply if reply is not None else super()._next_chat()
-
-    def _sleep(self, seconds: float) -> None:
-        # Absolute pacing per request thread: sleep until the next tick of the schedule.
-        if not hasattr(_local, "deadline"):
-            super()._sleep(seconds)
+    def pause(self, seconds: float) -> None:
+        # Absolute pacing: sleep until the next tick of the schedule started by this
+        # connection's latest chat request, so a late chunk does not push the rest back.
+        if self._deadline is None:
+            super().pause(seconds)
             return
-        _local.deadline += seconds
-        remaining = _local.deadline - time.monotonic()
+        self._deadline += seconds
+        remaining = self._deadline - time.monotonic()
         if remaining > 0:
-            self._stopping.wait(remaining)
+            super().pause(remaining)
+
+    def image_script(self, body: dict[str, Any] | None) -> ImageScript | None:
+        self._image = None
+        prompt = (body or {}).get("prompt")
+        match = IMAGE_MARKER_RE.fullmatch(prompt.strip()) if isinstance(prompt, str) else None
+        if match:
+            record = Record(tokens=0, arrived=time.time())
+            self._image = record
+            with self.bench.stamp_lock:
+                self.bench.stamps["image-" + match["id"]] = record
+        return super().image_script(body)
+
+    def render(self, prompt: str, width: int, height: int) -> bytes:
+        """The offline picture with 10 % noise, for bench prompts: a provider-sized PNG."""
+        png = render_image(prompt, width, height)
+        if not IMAGE_MARKER_RE.fullmatch(prompt.strip()):
+            return png
+        from PIL import Image
+
+        base = Image.open(io.BytesIO(png)).convert("RGB")
+        noise = Image.frombytes(
+            "RGB", base.size, random.Random(prompt).randbytes(3 * width * height)
+        )
+        buffer = io.BytesIO()
+        Image.blend(base, noise, 0.1).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    def before_image_response(self, content: bytes) -> None:
+        if self._image is not None:
+            self._image.image_ready = time.time()  # rendered and encoded: bytes available
+            self._image.image_response_bytes = len(content)
+
+    def after_image_response(self, content: bytes) -> None:
+        if self._image is not None:
+            self._image.image_sent = time.time()
+            self._image = None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """The channel layers, made to scale with sockets: in memory (the laptop
-defaults) and on Redis pub/sub (production).
+defaults) and on Redis pub/sub (production); and a consumer base class whose
+receive loop keeps up with them.
 
 channels' InMemoryChannelLayer sweeps every channel and group for expired
 messages on every send, group_send and receive (O(sockets) per delta), spawns
@@ -20,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels.exceptions import ChannelFull
-from channels.layers import InMemoryChannelLayer
+from channels.exceptions import ChannelFull, StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis import pubsub
 from channels_redis.utils import _wrap_close, decode_hosts
 
@@ -44,7 +48,7 @@ class FastInMemoryChannelLayer(InMemoryChannelLayer):
         super()._clean_expired()
 
     def _queue(self, channel: str) -> asyncio.Queue[tuple[float, dict[str, Any]]]:
-        queue = self.channels.get(channel)
+        queue: asyncio.Queue[tuple[float, dict[str, Any]]] | None = self.channels.get(channel)
         if queue is None:
             queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
         return queue
@@ -105,8 +109,62 @@ class RedisPubSubChannelLayer(pubsub.RedisPubSubChannelLayer):
     def _get_layer(self) -> _LoopLayer:
         # As channels-redis does, with our loop layer.
         loop = asyncio.get_running_loop()
-        layer = self._layers.get(loop)
+        layer: _LoopLayer | None = self._layers.get(loop)
         if layer is None:
             layer = self._layers[loop] = _LoopLayer(*self._args, **self._kwargs, channel_layer=self)
             _wrap_close(self, loop)
         return layer
+
+
+class FastDispatchConsumer(AsyncWebsocketConsumer):
+    """A websocket consumer with a leaner receive loop and dispatch, for streaming.
+
+    channels' AsyncConsumer.__call__ (await_many_dispatch) makes a new task and
+    an asyncio.wait for every message it receives; at thousands of deltas a
+    second that was about 8 % of a process's CPU in bench/. Here one pump per
+    source (the client, the channel layer) feeds an inbox, and messages are
+    still dispatched one at a time, in arrival order. And channels runs
+    aclose_old_connections() (a hop to the one ORM thread) before every
+    handler: the types in `FAST` never touch the database, so they skip it
+    (queueing every delta of every socket behind ORM work was the throughput
+    ceiling in bench/).
+    """
+
+    FAST: frozenset[str] = frozenset()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.base_send = send
+        # Bounded, so a stalled dispatch leaves messages in the layer (whose
+        # capacity and offsets deal with a follower that cannot keep up).
+        inbox: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue(maxsize=100)
+
+        async def pump(source: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+            try:
+                while True:
+                    await inbox.put(await source())
+            except Exception as exc:  # raised below, as channels would
+                await inbox.put(exc)
+
+        layer_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        pumps = [asyncio.create_task(pump(receive)), asyncio.create_task(pump(layer_receive))]
+        try:
+            while True:
+                message = await inbox.get()
+                if isinstance(message, Exception):
+                    raise message
+                await self.dispatch(message)
+        except StopConsumer:
+            pass
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        if message["type"] in self.FAST:
+            await getattr(self, message["type"].replace(".", "_"))(message)
+            return
+        await super().dispatch(message)

@@ -9,6 +9,7 @@ every one of them.
 import ipaddress
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import django
@@ -84,7 +85,11 @@ DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     try:
         DATABASES = {
-            "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+            # No health check: channels marks every trip to a database thread as
+            # a new request, so a check was a SELECT 1 before every turn start's
+            # queries (bench/). A connection that broke is dropped after its
+            # error (close_if_unusable_or_obsolete) and the next trip reconnects.
+            "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)
         }
     except (ValueError, dj_database_url.ParseError, dj_database_url.UnknownSchemeError) as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from None
@@ -157,8 +162,36 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 S3_BUCKET = env_str("S3_BUCKET")
 S3_PRESIGN_SECONDS = env_int("S3_PRESIGN_SECONDS", 300, minimum=10)
+S3_CUSTOM_DOMAIN = env_str("S3_CUSTOM_DOMAIN")
+# The bucket is private, so a URL on a custom domain must be signed too:
+# django-storages signs only for CloudFront (a key pair of its key group),
+# and would otherwise hand out unsigned URLs that a private bucket refuses.
+S3_CLOUDFRONT_KEY_ID = env_str("S3_CLOUDFRONT_KEY_ID")
+S3_CLOUDFRONT_KEY = env_str("S3_CLOUDFRONT_KEY")
+if env_str("S3_CLOUDFRONT_KEY_FILE"):
+    try:
+        S3_CLOUDFRONT_KEY = Path(env_str("S3_CLOUDFRONT_KEY_FILE")).read_text()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"S3_CLOUDFRONT_KEY_FILE cannot be read: {exc}") from None
+if "\\n" in S3_CLOUDFRONT_KEY and "\n" not in S3_CLOUDFRONT_KEY:
+    S3_CLOUDFRONT_KEY = S3_CLOUDFRONT_KEY.replace("\\n", "\n")  # a PEM from a .env line
+if S3_BUCKET and S3_CUSTOM_DOMAIN:
+    if not (S3_CLOUDFRONT_KEY_ID and S3_CLOUDFRONT_KEY):
+        raise ImproperlyConfigured(
+            "S3_CUSTOM_DOMAIN serves the private bucket only through signed CloudFront URLs: "
+            "set S3_CLOUDFRONT_KEY_ID and S3_CLOUDFRONT_KEY (or S3_CLOUDFRONT_KEY_FILE), "
+            "or unset S3_CUSTOM_DOMAIN to redirect to presigned URLs of the S3 endpoint"
+        )
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:  # a bad key fails here, not at the first image a user opens
+        load_pem_private_key(S3_CLOUDFRONT_KEY.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(
+            f"S3_CLOUDFRONT_KEY is not an unencrypted PEM private key: {exc}"
+        ) from None
 if S3_BUCKET:
-    _default_storage = {
+    _default_storage: dict[str, Any] = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
             "bucket_name": S3_BUCKET,
@@ -170,7 +203,9 @@ if S3_BUCKET:
                 "S3_ADDRESSING_STYLE", "path", {"path", "virtual", "auto"}
             ),
             "signature_version": "s3v4",
-            "custom_domain": env_str("S3_CUSTOM_DOMAIN") or None,
+            "custom_domain": S3_CUSTOM_DOMAIN or None,
+            "cloudfront_key_id": S3_CLOUDFRONT_KEY_ID or None,
+            "cloudfront_key": S3_CLOUDFRONT_KEY or None,
             "querystring_auth": True,
             "querystring_expire": S3_PRESIGN_SECONDS,
             "default_acl": None,
@@ -273,6 +308,9 @@ MAX_TOOL_CALLS_PER_TURN = env_int("CHATIMG_MAX_TOOL_CALLS", 4, minimum=0)
 # tool calls although none were offered once made 780 in one answer).
 MAX_MODEL_ROUNDS = env_int("CHATIMG_MAX_MODEL_ROUNDS", MAX_TOOL_CALLS_PER_TURN + 2, minimum=1)
 MAX_MESSAGE_CHARS = env_int("CHATIMG_MAX_MESSAGE_CHARS", 8000, minimum=1)
+# Threads (each with its own database connection) for the database work of turn
+# starts and ends (conversations/dbpool.py).
+DB_THREADS = env_int("CHATIMG_DB_THREADS", 4, minimum=1)
 MAX_FRAME_BYTES = env_int("CHATIMG_MAX_FRAME_BYTES", 64 * 1024, minimum=1024)
 HISTORY_MESSAGES = env_int("CHATIMG_HISTORY_MESSAGES", 40, minimum=2)
 MESSAGES_PER_MINUTE = env_int("CHATIMG_MESSAGES_PER_MINUTE", 20, minimum=1)

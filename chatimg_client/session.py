@@ -128,7 +128,8 @@ class ChatSession:
     async def _follow(self, ws: ClientConnection) -> int:
         while True:
             # recv() raises on any close, a normal one too: mid-answer, that is a drop.
-            message = await ws.recv()
+            # The server sends text frames only; decode=True types it as str.
+            message = await ws.recv(decode=True)
             frame = json.loads(message)
             if self.raw:
                 self._write(f"{message}\n")

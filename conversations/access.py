@@ -19,13 +19,16 @@ sockets (docs/security.md):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import random
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model, user_logged_out
@@ -34,6 +37,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils.crypto import constant_time_compare
 
+from conversations import protocol
 from conversations.models import ApiToken
 
 log = logging.getLogger(__name__)
@@ -84,7 +88,8 @@ class Credentials:
                 self.session_key
             )
         if "token" in event:
-            return self.token_id == event["token"]
+            token: object = event["token"]
+            return self.token_id == token
         return True  # the whole account
 
     def verify(self) -> None:
@@ -184,3 +189,55 @@ def _token_deleted(sender: Any, instance: ApiToken, **kwargs: Any) -> None:
     announce(
         instance.user_id, {"type": "access.revoke", "token": instance.pk, "message": TOKEN_REVOKED}
     )
+
+
+class EndsWithAccess:
+    """A consumer mixin: the socket closes (4401, a typed error) when its credentials end.
+
+    The consumer sets `self.credentials` at connect, calls `start_watching()`,
+    and handles `AccessEnded` from its frame handlers with `end_access`.
+    """
+
+    credentials: Credentials
+    access_ended = False
+    _access_watch: asyncio.Task[None] | None = None
+
+    def start_watching(self) -> None:
+        self._access_watch = asyncio.create_task(self._watch_access())
+
+    def stop_watching(self) -> None:
+        if self._access_watch is not None:
+            self._access_watch.cancel()
+
+    async def _watch_access(self) -> None:
+        """Re-check the credentials now and then: session expiry sends no event."""
+        period = settings.ACCESS_RECHECK_SECONDS
+        # The first check at a random point of the period spreads a crowd's checks.
+        await asyncio.sleep(period * random.uniform(0.5, 1.0))
+        while not self.access_ended:
+            try:
+                await database_sync_to_async(self.credentials.verify)()
+            except AccessEnded as exc:
+                await self.end_access(exc.message)
+                return
+            except Exception:
+                log.exception("could not re-check a socket's credentials")
+            await asyncio.sleep(period)
+
+    async def access_revoke(self, event: dict[str, Any]) -> None:
+        if self.credentials.matches(event):
+            await self.end_access(event.get("message") or SESSION_ENDED)
+
+    async def access_recheck(self, event: dict[str, Any]) -> None:
+        try:
+            await database_sync_to_async(self.credentials.verify)()
+        except AccessEnded as exc:
+            await self.end_access(exc.message)
+
+    async def end_access(self, message: str) -> None:
+        """Tell the client why, then close with 4401 (log in again)."""
+        if self.access_ended:
+            return
+        self.access_ended = True
+        await self.send(protocol.error("unauthenticated", message))  # type: ignore[attr-defined]
+        await self.close(code=4401)  # type: ignore[attr-defined]

@@ -141,7 +141,9 @@ class ImageRequest:
 def parse_arguments(raw: str) -> ImageRequest:
     """Validate the model's JSON arguments; models do send garbage sometimes."""
     try:
-        arguments = json.loads(raw or "{}")
+        # strict=False: small models put raw newlines inside strings (seen from
+        # gemma-3-270m on llama-cpp-python); the prompt is still readable.
+        arguments = json.loads(raw or "{}", strict=False)
     except json.JSONDecodeError:
         raise ToolError("bad_arguments", "The model sent unreadable tool arguments.") from None
     prompt = arguments.get("prompt") if isinstance(arguments, dict) else None

@@ -17,9 +17,9 @@ import logging
 import re
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import httpx2
 import openai
@@ -27,6 +27,9 @@ from django.conf import settings
 
 from conversations.models import Message, ToolInvocation
 from conversations.protocol import ChatimgError
+
+if TYPE_CHECKING:
+    from offline_model import OfflineModelServer
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +145,7 @@ def tool_result_message(call_id: str, result: dict[str, Any]) -> dict[str, Any]:
 # --- the offline model ------------------------------------------------------------
 
 _offline_lock = threading.Lock()
-_offline_server: Any = None
+_offline_server: OfflineModelServer | None = None
 
 
 def offline_base_url() -> str:
@@ -150,7 +153,7 @@ def offline_base_url() -> str:
     global _offline_server
     with _offline_lock:
         if _offline_server is None:
-            from conversations.offline_model import OfflineModelServer
+            from offline_model import OfflineModelServer
 
             _offline_server = OfflineModelServer(
                 token_delay=settings.OFFLINE_TOKEN_DELAY_MS / 1000
@@ -168,7 +171,9 @@ def _endpoint(images: bool) -> tuple[str, str | None]:
 
 # An AsyncOpenAI client holds a connection pool bound to the event loop that
 # created it, so keep one per loop (and per endpoint, which tests change).
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, openai.AsyncOpenAI]]
+_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[object, ...], openai.AsyncOpenAI]
+]
 _clients = weakref.WeakKeyDictionary()
 
 
@@ -254,13 +259,20 @@ def _llm_error(exc: Exception) -> LLMError:
     return LLMError("upstream_error", "The model's answer could not be read.")
 
 
-def _token_limit(limit: int) -> dict[str, int]:
+class TokenLimit(TypedDict, total=False):
+    max_tokens: int
+    max_completion_tokens: int
+
+
+def _token_limit(limit: int) -> TokenLimit:
     """`max_tokens`, or `max_completion_tokens` for the models that refuse the former."""
     name = settings.MAX_TOKENS_PARAM
     if name == "auto":
         reasoning = settings.CHAT_MODEL.startswith(("o1", "o3", "o4", "gpt-5"))
         name = "max_completion_tokens" if reasoning else "max_tokens"
-    return {name: limit}
+    if name == "max_completion_tokens":
+        return {"max_completion_tokens": limit}
+    return {"max_tokens": limit}
 
 
 async def stream_chat(
@@ -283,6 +295,9 @@ async def stream_chat(
         kwargs.update(_token_limit(settings.MAX_OUTPUT_TOKENS))
     if tools:
         kwargs["tools"] = tools
+        # OpenAI's default, said out loud: llama-cpp-python ignores the tools
+        # without it (it answers in text, never calling one).
+        kwargs["tool_choice"] = "auto"
     request = client().chat.completions.with_streaming_response.create(**kwargs)
     try:
         response = await request.__aenter__()
@@ -328,7 +343,7 @@ class _PartialCall:
         self.arguments += str(function.get("arguments") or "")
 
 
-async def read_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamEvent]:
+async def read_stream(chunks: AsyncIterator[bytes]) -> AsyncGenerator[StreamEvent, None]:
     """A chat-completions SSE body, as TextDelta / ToolCallRequest / StreamEnd events.
 
     Takes what real servers send, not only what OpenAI sends: ids and names
@@ -396,6 +411,8 @@ async def _complete(kwargs: dict[str, Any]) -> list[StreamEvent]:
         completion = await client().chat.completions.create(**kwargs)
     except openai.OpenAIError as exc:
         raise _llm_error(exc) from exc
+    except ValueError as exc:  # a 200 whose body is not a completion
+        raise LLMError("upstream_error", "The model's answer could not be read.") from exc
     events: list[StreamEvent] = []
     choice = completion.choices[0] if completion.choices else None
     message = choice.message if choice else None
@@ -438,7 +455,7 @@ def _partial_call(
     return call
 
 
-async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
     """The payloads of an SSE stream's `data:` lines, as bytes (json.loads takes them).
 
     Lines are split here rather than with the SDK's iter_lines, which decodes

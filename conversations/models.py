@@ -25,25 +25,76 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
+from conversations.protocol import ChatimgError
+
 log = logging.getLogger(__name__)
 
 
 INTERRUPTED_MESSAGE = "The server stopped while this answer was being written."
 
 
-class TurnInProgress(Exception):
+class TurnInProgress(ChatimgError):
     """The conversation already has an answer streaming."""
 
+    def __init__(self) -> None:
+        super().__init__("turn_in_progress", "Wait for the current answer to finish, or stop it.")
 
-class NothingToRegenerate(Exception):
+
+class NothingToRegenerate(ChatimgError):
     """The conversation does not end with an answer."""
 
+    def __init__(self) -> None:
+        super().__init__("nothing_to_regenerate", "There is no answer to redo.")
 
-class NothingToContinue(Exception):
+
+class NothingToContinue(ChatimgError):
     """The conversation does not end with an answer cut off by its length limit."""
 
+    def __init__(self) -> None:
+        super().__init__(
+            "nothing_to_continue", "The last answer was not cut off; there is nothing to add."
+        )
 
-class ConversationQuerySet(models.QuerySet):
+
+class NotFound(ChatimgError):
+    """No such conversation for this user: the same answer for someone else's."""
+
+    def __init__(self) -> None:
+        super().__init__("not_found", "No such conversation.")
+
+
+class ConversationQuerySet(models.QuerySet["Conversation"]):
+    def owned(self, user: Any, pk: uuid.UUID) -> Conversation:
+        """The user's conversation, or NotFound (for another user's too: nothing leaks)."""
+        conversation = self.filter(pk=pk, user=user).first()
+        if conversation is None:
+            raise NotFound
+        return conversation
+
+    def start_turn(
+        self, user: Any, conversation_id: uuid.UUID | None, client_message_id: str, text: str
+    ) -> tuple[Conversation, Message, Message, bool]:
+        """Store a question and open its answer: (conversation, question, answer, created).
+
+        A send without a conversation starts one (titled by the message),
+        unless it is a resend of such a send; see Conversation.begin_turn.
+        """
+        fresh = False
+        if conversation_id is not None:
+            conversation = self.owned(user, conversation_id)
+        else:
+            earlier = (
+                Message.objects.filter(conversation__user=user, client_message_id=client_message_id)
+                .select_related("conversation")
+                .first()
+            )
+            if earlier is not None:
+                conversation = earlier.conversation
+            else:
+                conversation = self.create(user=user, title=Conversation.title_from(text))
+                fresh = True
+        return conversation, *conversation.begin_turn(text, client_message_id, touch=not fresh)
+
     def page(
         self, cursor: tuple[Any, uuid.UUID] | None, size: int
     ) -> tuple[list[Conversation], tuple[Any, uuid.UUID] | None]:
@@ -87,7 +138,7 @@ class Conversation(models.Model):
     def rename(self, title: str) -> str:
         """Set a title the user chose; returns it cleaned. Raises ValueError if unusable."""
         title = " ".join(title.split())
-        limit = self._meta.get_field("title").max_length
+        limit = Conversation._meta.get_field("title").max_length or 200
         if not title or len(title) > limit:
             raise ValueError(f"A title is 1 to {limit} characters.")
         # Not save(): renaming must not move the conversation to the top of the list.
@@ -103,6 +154,27 @@ class Conversation(models.Model):
             .order_by("-id")[: settings.HISTORY_MESSAGES]
         )
         return list(reversed(recent))
+
+    def latest_answer(self, message_id: int | None = None) -> Message | None:
+        """The answer a client catching up should get (images prefetched).
+
+        The client's `message_id` while it exists; once it was regenerated
+        (and so deleted) while the client was away, the latest answer.
+        """
+        answers = self.messages.filter(role=Message.Role.ASSISTANT).prefetch_related(
+            "tool_invocations__image"
+        )
+        latest = answers.order_by("-id").first()
+        if message_id is not None and latest is not None and latest.pk != message_id:
+            return answers.filter(pk=message_id).first() or latest
+        return latest
+
+    def catch_up(self, message_id: int | None) -> tuple[Message | None, str]:
+        """The answer to catch a client up on and, once it is final, its HTML (one trip)."""
+        latest = self.latest_answer(message_id)
+        if latest is None or latest.status == Message.Status.STREAMING:
+            return latest, ""
+        return latest, latest.body_html()
 
     def begin_turn(
         self, text: str, client_message_id: str, *, touch: bool = True
@@ -128,7 +200,7 @@ class Conversation(models.Model):
                 )
                 assistant = self._open_answer(user_message)
                 if touch:
-                    fields = {"updated_at": timezone.now()}
+                    fields: dict[str, Any] = {"updated_at": timezone.now()}
                     if not self.title:
                         fields["title"] = Conversation.title_from(text)
                     Conversation.objects.filter(pk=self.pk).update(**fields)
@@ -152,6 +224,7 @@ class Conversation(models.Model):
             if last.status == Message.Status.STREAMING:
                 raise TurnInProgress
             question, replaced = last.reply_to, last.pk
+            assert question is not None  # reply_to_id was checked above
             last.delete()
             try:
                 with transaction.atomic():
@@ -211,7 +284,7 @@ class Conversation(models.Model):
         return words if len(words) <= 60 else words[:57].rstrip() + "…"
 
 
-class MessageQuerySet(models.QuerySet):
+class MessageQuerySet(models.QuerySet["Message"]):
     def mark_stale_interrupted(self, now: Any = None) -> list[Message]:
         """Close answers whose turn died with its process (no heartbeat lately).
 
@@ -353,7 +426,7 @@ class Message(models.Model):
         status: str,
         text: str,
         *,
-        usage: dict | None = None,
+        usage: dict[str, int] | None = None,
         error_code: str = "",
         error_message: str = "",
         truncated: bool = False,
@@ -410,7 +483,7 @@ class ToolInvocation(models.Model):
         value = self.arguments.get("prompt", "") if isinstance(self.arguments, dict) else ""
         return str(value)
 
-    def complete(self, result: dict) -> None:
+    def complete(self, result: dict[str, Any]) -> None:
         self.status = self.Status.COMPLETE
         self.result = result
         self.finished_at = timezone.now()
@@ -430,10 +503,10 @@ class ToolInvocation(models.Model):
         except GeneratedImage.DoesNotExist:
             return None
 
-    def model_result(self) -> dict:
+    def model_result(self) -> dict[str, Any]:
         """What the model is told about this call, for the history we rebuild."""
         if self.result:
-            return self.result
+            return dict(self.result)
         if self.status == self.Status.RUNNING:
             return {"status": "error", "error": "The image was not finished."}
         return {"status": self.status}
@@ -444,7 +517,7 @@ def image_key(instance: GeneratedImage, filename: str) -> str:
     return f"images/{instance.id.hex[:2]}/{instance.id.hex}.{instance.format or 'png'}"
 
 
-class GeneratedImageQuerySet(models.QuerySet):
+class GeneratedImageQuerySet(models.QuerySet["GeneratedImage"]):
     def visible_to(self, user: Any) -> GeneratedImageQuerySet:
         """What a person may be served: staff see everything, owners what is not hidden."""
         if user.is_staff:
@@ -517,7 +590,7 @@ class GeneratedImage(models.Model):
     def is_hidden(self) -> bool:
         return self.review_status == self.Review.HIDDEN
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """The image as clients and the model see it: app URL, no storage URL."""
         return {
             "id": str(self.id),
@@ -547,7 +620,7 @@ def delete_image_object(sender: type, instance: GeneratedImage, **kwargs: Any) -
         transaction.on_commit(lambda: PendingDeletion.objects.settle([name]))
 
 
-class PendingDeletionQuerySet(models.QuerySet):
+class PendingDeletionQuerySet(models.QuerySet["PendingDeletion"]):
     def settle(self, keys: list[str]) -> int:
         """Delete these objects from storage; returns how many are still owed.
 
@@ -586,9 +659,9 @@ class PendingDeletionQuerySet(models.QuerySet):
         due = self.filter(next_attempt_at__lte=timezone.now())
         if failed_only:
             due = due.filter(attempts__gt=0)
-        due = list(due.order_by("next_attempt_at").values_list("key", flat=True)[:limit])
+        keys = list(due.order_by("next_attempt_at").values_list("key", flat=True)[:limit])
         owed = 0
-        for key in due:
+        for key in keys:
             if not self._settle_one(key):
                 owed += 1
         return owed
@@ -626,7 +699,7 @@ class QuotaExceeded(Exception):
         self.limit = limit
 
 
-class ImageQuotaManager(models.Manager):
+class ImageQuotaManager(models.Manager["ImageQuota"]):
     def _today(self, user: Any) -> ImageQuota:
         quota, _ = self.get_or_create(user=user, day=timezone.now().date())
         return quota
@@ -676,7 +749,7 @@ class ImageQuota(models.Model):
         return f"{self.user_id} {self.day}: {self.used}"
 
 
-class ApiTokenQuerySet(models.QuerySet):
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
     def authenticate(self, raw: str) -> Any:
         """The active user a raw bearer token belongs to, or None."""
         token = self.authenticate_token(raw)

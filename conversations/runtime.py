@@ -33,7 +33,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations import deletions, protocol
+from conversations import dbpool, deletions, protocol
 from conversations.models import Message
 from conversations.turns import Turn, TurnContext
 
@@ -95,6 +95,7 @@ async def stop() -> None:
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    await asyncio.to_thread(dbpool.close)
 
 
 def _stop_with_the_server() -> None:

@@ -25,7 +25,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations import images, llm, protocol
+from conversations import dbpool, images, llm, protocol
 from conversations.coalescer import Coalescer
 from conversations.models import INTERRUPTED_MESSAGE, Conversation, Message, ToolInvocation
 
@@ -134,7 +134,7 @@ class Turn:
         none were offered are not run (a server that does that once made 780
         requests in one answer).
         """
-        messages = await database_sync_to_async(self._load_context)()
+        messages = await dbpool.run(self._load_context)()
         if self.context.continuation:
             self.stream = Coalescer(self.stream.window, self._publish_delta, self.resume_from)
         await self._publish(protocol.assistant_started(*self._ids()))
@@ -222,8 +222,9 @@ class Turn:
         ]
 
     async def _run_tool(self, call: llm.ToolCallRequest, *, allowed: bool) -> dict[str, Any]:
+        request: images.ImageRequest | None
         try:
-            request: images.ImageRequest | None = images.parse_arguments(call.arguments)
+            request = images.parse_arguments(call.arguments)
             arguments, parse_error = request.arguments(), None
         except images.ToolError as exc:
             request, arguments, parse_error = None, {"raw": call.arguments[:1000]}, exc
@@ -264,7 +265,8 @@ class Turn:
             await self._publish(
                 protocol.tool_failed(*self._ids(), **ids, code=exc.code, message=exc.message)
             )
-            return invocation.result
+            failed: dict[str, Any] = invocation.result  # a JSONField: Any to the checker
+            return failed
         result: dict[str, Any] = {
             "status": "ok",
             "image_id": str(image.id),
@@ -328,7 +330,7 @@ class Turn:
         await self.stream.settle()
         truncated = self.truncated and status == Message.Status.COMPLETE
         code, message = (error.code, error.message) if error else ("", "")
-        html = await database_sync_to_async(self._save_final)(status, code, message, truncated)
+        html = await dbpool.run(self._save_final)(status, code, message, truncated)
         self.wants_title = (
             status == Message.Status.COMPLETE and self.first_exchange and settings.LLM_TITLES
         )
@@ -383,8 +385,7 @@ class Turn:
         # Tool calls cut short by a cancel must not look as if they still run.
         for invocation in message.tool_invocations.filter(status=ToolInvocation.Status.RUNNING):
             invocation.fail("The answer was stopped before the image was finished.")
-        return (
-            Message.objects.prefetch_related("tool_invocations__image")
-            .get(pk=message.pk)
-            .body_html()
+        final: Message = Message.objects.prefetch_related("tool_invocations__image").get(
+            pk=message.pk
         )
+        return final.body_html()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from conversations.offline_model import OfflineModelServer
+from offline_model import OfflineModelServer
 
 
 @pytest.fixture(scope="session")
@@ -170,21 +171,90 @@ def s3_server() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: Any) -> Iterator[Any]:
+    """SeaweedFS, a real S3 server, on free loopback ports (tests/s3servers.py)."""
+    from tests.s3servers import WEED, SeaweedFS
+
+    if not WEED.exists():
+        pytest.skip(f"SeaweedFS's weed binary is not at {WEED}: `make install` puts it there")
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    kind: str
+    endpoint_url: str
+    addressing_style: str  # "path" or "virtual"
+
+    def object_url_prefix(self, bucket: str) -> str:
+        """Where an object's URL starts, as the app's redirects must point."""
+        if self.addressing_style == "virtual":
+            scheme, host = self.endpoint_url.split("://", 1)
+            return f"{scheme}://{bucket}.{host}/"
+        return f"{self.endpoint_url}/{bucket}/"
+
+
+S3_KINDS = ["moto", "seaweedfs", "seaweedfs-virtual-host"]
+
+
+@pytest.fixture(scope="session", params=S3_KINDS)
+def s3_endpoint(request: Any) -> S3Endpoint:
+    """Each storage test runs on moto, on SeaweedFS, and on SeaweedFS with virtual hosts.
+
+    Virtual-host addressing needs `<bucket>.localhost` to resolve to loopback, as
+    RFC 6761 says and browsers do; this machine's resolver does not (no
+    nss-myhostname), so `localhost_names` below does it in the test process
+    instead of /etc/hosts.
+    """
+    if request.param == "moto":
+        return S3Endpoint("moto", request.getfixturevalue("s3_server"), "path")
+    server = request.getfixturevalue("seaweedfs")
+    if request.param == "seaweedfs":
+        return S3Endpoint("seaweedfs", f"http://127.0.0.1:{server.s3_port}", "path")
+    return S3Endpoint("seaweedfs-virtual-host", f"http://localhost:{server.s3_port}", "virtual")
+
+
+@pytest.fixture
+def localhost_names(monkeypatch: Any) -> None:
+    """Resolve `*.localhost` to 127.0.0.1 in this process (RFC 6761), as a browser does."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, bytes):
+            host = host.decode()
+        if isinstance(host, str) and host.endswith(".localhost"):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
 S3_KEYS = {"access_key": "testing-access", "secret_key": "testing-secret"}
 
 
 @pytest.fixture
-def s3_bucket(s3_server: str, settings: Any) -> Any:
+def s3_bucket(s3_endpoint: S3Endpoint, settings: Any, request: Any) -> Iterator[Any]:
     """A private bucket on the S3 server, used as the app's default storage."""
     import boto3
+    from botocore.config import Config
 
+    if s3_endpoint.addressing_style == "virtual":
+        request.getfixturevalue("localhost_names")
     name = f"chatimg-{uuid_hex()}"
     client = boto3.client(
         "s3",
-        endpoint_url=s3_server,
+        endpoint_url=s3_endpoint.endpoint_url,
         region_name="us-east-1",
         aws_access_key_id=S3_KEYS["access_key"],
         aws_secret_access_key=S3_KEYS["secret_key"],
+        config=Config(s3={"addressing_style": s3_endpoint.addressing_style}),
     )
     client.create_bucket(Bucket=name)
     settings.STORAGES = {
@@ -193,9 +263,9 @@ def s3_bucket(s3_server: str, settings: Any) -> Any:
             "BACKEND": "storages.backends.s3.S3Storage",
             "OPTIONS": {
                 "bucket_name": name,
-                "endpoint_url": s3_server,
+                "endpoint_url": s3_endpoint.endpoint_url,
                 "region_name": "us-east-1",
-                "addressing_style": "path",
+                "addressing_style": s3_endpoint.addressing_style,
                 "signature_version": "s3v4",
                 "querystring_auth": True,
                 "querystring_expire": settings.S3_PRESIGN_SECONDS,
@@ -206,7 +276,13 @@ def s3_bucket(s3_server: str, settings: Any) -> Any:
         },
     }
     client.bucket_name = name
-    return client
+    client.object_url_prefix = s3_endpoint.object_url_prefix(name)
+    client.s3_kind = s3_endpoint.kind
+    yield client
+    # Empty and drop the bucket: SeaweedFS keeps a volume per bucket otherwise.
+    for key in bucket_keys(client):
+        client.delete_object(Bucket=name, Key=key)
+    client.delete_bucket(Bucket=name)
 
 
 def uuid_hex() -> str:
@@ -233,6 +309,9 @@ def close_orm_thread_connections(django_db_setup: Any, django_db_blocker: Any) -
     from channels.db import database_sync_to_async
     from django.db import connections
 
+    from conversations import dbpool
+
     # From a fresh loop with no sync caller, this runs on that same ORM thread.
     with django_db_blocker.unblock():
         asyncio.run(database_sync_to_async(connections.close_all)())
+        dbpool.close()  # and every thread of the turn-start pool closes its own

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from conversations import fetching
-from conversations.offline_model import ImageReply, OfflineModelServer, Reply, ToolCall
+from offline_model import ImageReply, OfflineModelServer, Reply, ToolCall
 from tests.attack import Visitor, normal_turn, ready_socket
 from tests.servers import AppServer, launch, server_env, stop
 

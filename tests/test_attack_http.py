@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from conversations.offline_model import OfflineModelServer
+from offline_model import OfflineModelServer
 from tests.attack import Visitor, normal_turn, ready_socket
 from tests.servers import PASSWORD, AppServer, launch, server_env, stop
 

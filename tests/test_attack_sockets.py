@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from conversations.offline_model import OfflineModelServer, Reply
+from offline_model import OfflineModelServer, Reply
 from tests.attack import (
     Visitor,
     assert_closed_for_login,

@@ -10,7 +10,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from conversations.models import Conversation, GeneratedImage, Message, ToolInvocation
-from conversations.offline_model import Fail, ImageReply, Reply
+from offline_model import Fail, ImageReply, Reply
 from tests.conftest import open_socket, text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)

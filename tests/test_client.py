@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from chatimg_client import EXIT_OK, EXIT_UNAUTHENTICATED, run
-from conversations.offline_model import OfflineModelServer, Reply
+from offline_model import OfflineModelServer, Reply
 from tests.servers import REPO, AppServer, launch, server_env, stop
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

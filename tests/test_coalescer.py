@@ -1,8 +1,9 @@
-"""The delta coalescer alone: no database, no channel layer, a list as the publisher."""
+"""The streaming seams alone (no database, no channel layer): the coalescer, a follower."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 from conversations.coalescer import Coalescer
 
@@ -103,3 +104,39 @@ async def test_a_snapshot_is_what_was_published_not_what_waits() -> None:
 
     await stream.published_text(send)
     assert seen == ["sent"]
+
+
+# --- a follower: every character once, in order ------------------------------------
+
+
+def delta_event(offset: int, text: str) -> dict[str, object]:
+    return {
+        "conversation_id": "c0ffee00-0000-4000-8000-000000000000",
+        "message_id": 7,
+        "offset": offset,
+        "text": text,
+    }
+
+
+def test_a_follower_gets_each_character_once_whatever_overlaps() -> None:
+    from conversations.following import Follower
+
+    follower = Follower()
+    sent = [
+        follower.deliver(delta_event(o, t)).frame
+        for o, t in [(0, "Hel"), (0, "Hello"), (3, "lo w"), (2, "llo")]
+    ]
+    texts = [json.loads(f)["text"] if f else None for f in sent]
+    assert texts == ["Hel", "lo", " w", None]
+    assert follower.offsets[7] == 7
+
+
+def test_a_gap_asks_for_one_snapshot_until_it_heals() -> None:
+    from conversations.following import Follower
+
+    follower = Follower()
+    follower.deliver(delta_event(0, "ab"))
+    first, second = follower.deliver(delta_event(5, "xy")), follower.deliver(delta_event(7, "z"))
+    assert (first.resync, second.resync) == (True, False)
+    healed = follower.deliver(delta_event(0, "abcdexyz"))
+    assert json.loads(healed.frame or "{}")["text"] == "cdexyz" and not follower.resyncing

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import websockets
 
-from conversations.offline_model import OfflineModelServer, Reply
+from offline_model import OfflineModelServer, Reply
 from tests.servers import AppServer, launch, server_env, stop
 
 REDIS_URL = os.environ.get("REDIS_URL", "")

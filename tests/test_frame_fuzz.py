@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conversations.offline_model import OfflineModelServer
+from offline_model import OfflineModelServer
 from tests.attack import Visitor, normal_turn, ready_socket
 from tests.servers import AppServer, launch, server_env, stop
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import io
 import json
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +32,7 @@ from conversations.models import (
     Message,
     ToolInvocation,
 )
-from conversations.offline_model import Reply, ToolCall
+from offline_model import Reply, ToolCall
 from tests.conftest import bucket_keys
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -82,7 +86,41 @@ async def test_the_redirect_is_freshly_signed_for_the_configured_lifetime_and_ca
     assert second["Location"] != first["Location"]
     stored = await database_sync_to_async(lambda: list(GeneratedImage.objects.values()))()
     assert "X-Amz" not in json.dumps(stored, default=str)
-    # (moto does not enforce X-Amz-Expires, so the lapse itself is not observable here.)
+    # (moto does not enforce X-Amz-Expires: the lapse itself is the next test's, on SeaweedFS.)
+
+
+async def test_a_signed_url_stops_working_when_it_expires(
+    make_user: Any, connect: Any, fake_openai: Any, s3_bucket: Any, settings: Any
+) -> None:
+    if s3_bucket.s3_kind == "moto":
+        pytest.skip("moto does not enforce X-Amz-Expires; SeaweedFS does")
+    settings.STORAGES["default"]["OPTIONS"]["querystring_expire"] = 2
+    settings.STORAGES = dict(settings.STORAGES)
+    user = await database_sync_to_async(make_user)()
+    await draw(connect, user)
+    image = await GeneratedImage.objects.aget()
+    client = await signed_in(user)
+    signed = (await database_sync_to_async(client.get)(image.get_absolute_url()))["Location"]
+    assert signed.startswith(s3_bucket.object_url_prefix)
+
+    def fetch() -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(signed, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read()
+
+    status, body = await asyncio.to_thread(fetch)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == image.sha256
+    deadline = time.monotonic() + 20  # it lives 2 s; allow for a slow machine
+    while (status := (await asyncio.to_thread(fetch))[0]) == 200:
+        assert time.monotonic() < deadline, "the signed URL was still served after 20 s"
+        await asyncio.sleep(0.2)  # poll interval, bounded by the deadline above
+    status, body = await asyncio.to_thread(fetch)
+    assert status == 403 and b"expired" in body
+    # The app URL signs afresh: the image is still there for its owner.
+    again = (await database_sync_to_async(client.get)(image.get_absolute_url()))["Location"]
+    assert (await asyncio.to_thread(lambda: urllib.request.urlopen(again, timeout=5).status)) == 200
 
 
 async def test_the_same_bytes_are_stored_once_per_user(
@@ -207,7 +245,7 @@ async def test_the_daily_quota_stops_images_but_not_the_answer(
 async def test_staff_are_exempt_and_failed_images_give_their_quota_back(
     make_user: Any, connect: Any, fake_openai: Any, settings: Any, local_storage: Any
 ) -> None:
-    from conversations.offline_model import Fail
+    from offline_model import Fail
 
     settings.IMAGES_PER_DAY = 1
     user = await database_sync_to_async(make_user)("alice")

@@ -76,7 +76,7 @@ async def test_the_owner_follows_the_app_url_to_the_same_bytes_and_others_cannot
     response = await get_as(alice, image.get_absolute_url())
     assert response.status_code == 302
     signed = response["Location"]
-    assert signed.startswith(s3_bucket.meta.endpoint_url) and "X-Amz-Signature" in signed
+    assert signed.startswith(s3_bucket.object_url_prefix) and "X-Amz-Signature" in signed
     assert "private" in response["Cache-Control"]
     assert f"max-age={settings.S3_PRESIGN_SECONDS // 2}" in response["Cache-Control"]
     with urllib.request.urlopen(signed, timeout=10) as fetched:  # real HTTP to the S3 server
@@ -130,8 +130,10 @@ async def test_on_local_storage_the_app_url_serves_the_file_to_its_owner_only(
 async def test_a_storage_outage_fails_the_tool_and_leaves_no_row(
     make_user: Any, connect: Any, fake_openai: Any, s3_bucket: Any, settings: Any
 ) -> None:
-    # Point the storage at a bucket that does not exist: every upload fails.
+    # Every upload is refused: moto refuses a bucket that does not exist; SeaweedFS
+    # creates one on demand but refuses a wrong secret key (moto checks no keys).
     settings.STORAGES["default"]["OPTIONS"]["bucket_name"] = "no-such-bucket"
+    settings.STORAGES["default"]["OPTIONS"]["secret_key"] = "wrong-secret"
     settings.STORAGES = dict(settings.STORAGES)
     user = await database_sync_to_async(make_user)()
     frames = await draw(connect, user)

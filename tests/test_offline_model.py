@@ -22,13 +22,16 @@ import openai
 import pytest
 from PIL import Image
 
-from conversations.offline_model import (
+from offline_model import (
+    ChatScript,
     Fail,
+    Handler,
     Hang,
     ImageReply,
     OfflineModelServer,
     Reply,
     ToolCall,
+    last_user_text,
     render_image,
 )
 
@@ -490,7 +493,7 @@ async def test_models_are_listed(client: openai.AsyncOpenAI) -> None:
 
 def test_the_cli_serves_until_it_is_told_to_stop() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "conversations.offline_model", "--port", "0"],
+        [sys.executable, "-m", "offline_model", "--port", "0"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -509,3 +512,71 @@ def test_the_cli_serves_until_it_is_told_to_stop() -> None:
             process.kill()
             process.wait(timeout=5)
         process.stdout.close()
+
+
+# -- the extension points (what bench/fake.py builds on) ---------------------------------------
+
+
+def test_a_handler_subclass_adds_routes_chooses_replies_paces_and_sees_the_bytes() -> None:
+    seen: list[Any] = []
+
+    class Recording(Handler):
+        def extra_route(self, method: str, path: str, body: dict[str, Any] | None) -> bool:
+            if path == "/ping":
+                self.send_json(200, {"pong": body})
+                return True
+            return super().extra_route(method, path, body)
+
+        def chat_script(self, body: dict[str, Any]) -> ChatScript | None:
+            if last_user_text(body["messages"]) == "use the hook":
+                return Reply(text="from the hook", token_delay=30.0)
+            return super().chat_script(body)
+
+        def pause(self, seconds: float) -> None:
+            seen.append(("pause", seconds))  # and no real wait: the 30 s must not happen
+
+        def before_event(self, data: str) -> None:
+            seen.append(("event", data))
+
+        def render(self, prompt: str, width: int, height: int) -> bytes:
+            return f"{prompt} at {width}x{height}".encode()
+
+        def before_image_response(self, content: bytes) -> None:
+            seen.append(("image ready", len(content)))
+
+        def after_image_response(self, content: bytes) -> None:
+            seen.append(("image sent", len(content)))
+
+    with OfflineModelServer(handler=Recording, backlog=16) as server:
+        request = urllib.request.Request(
+            f"http://{server.public_host}:{server.port}/ping", data=b'{"a": 1}', method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert json.load(response) == {"pong": {"a": 1}}
+        client = openai.OpenAI(base_url=server.base_url, api_key="offline", max_retries=0)
+        started = time.monotonic()
+        stream = client.chat.completions.create(
+            model="offline-chat", messages=user("use the hook"), stream=True
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        image = client.images.generate(model="offline-image", prompt="a kite", size="256x256")
+
+        assert text == "from the hook"
+        assert time.monotonic() - started < 10  # every wait went through pause()
+        assert ("pause", 30.0) in seen
+        events = [data for kind, data in seen if kind == "event"]
+        assert events[-1] == "[DONE]"
+        assert (
+            "".join(
+                json.loads(data)["choices"][0]["delta"].get("content") or "" for data in events[:-2]
+            )
+            == "from the hook"
+        )
+        assert base64.b64decode(image.data[0].b64_json) == b"a kite at 256x256"
+        ready = [size for kind, size in seen if kind == "image ready"]
+        assert ready == [size for kind, size in seen if kind == "image sent"] and ready[0] > 0
+        # A route of one's own is answered before recording: only the model's own requests.
+        assert [r.path for r in server.requests] == [
+            "/v1/chat/completions",
+            "/v1/images/generations",
+        ]

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from conversations import protocol, runtime
 from conversations.models import Conversation, Message
-from conversations.offline_model import Fail, Hang, Reply
+from offline_model import Fail, Hang, Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,7 +16,7 @@ from channels.db import database_sync_to_async
 
 from conversations import llm
 from conversations.models import Conversation, GeneratedImage, Message
-from conversations.offline_model import Fail, ImageReply, Reply, ToolCall
+from offline_model import Fail, ImageReply, Reply, ToolCall
 from tests.conftest import text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -105,6 +105,8 @@ async def test_tool_calls_returned_when_none_were_offered_do_not_loop(
     requests = fake_openai.chat_requests()
     assert len(requests) == 2  # one with the tool, one without; its calls are not run
     assert "tools" in requests[0].body and "tools" not in requests[1].body
+    # Said out loud where tools are offered: llama-cpp-python ignores them otherwise.
+    assert requests[0].body["tool_choice"] == "auto" and "tool_choice" not in requests[1].body
     assert [f["type"] for f in frames].count("tool.started") == 1
     assert await GeneratedImage.objects.acount() == 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,92 @@ def test_two_deployments_sharing_a_redis_keep_their_keys_apart() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["staging", "staging"]
+
+
+def test_a_custom_domain_without_cloudfront_keys_stops_start_up_naming_them() -> None:
+    # With a private bucket, django-storages would build unsigned custom-domain URLs,
+    # which the bucket refuses (403): start-up refuses the configuration instead.
+    result = load("DEBUG", S3_BUCKET="images", S3_CUSTOM_DOMAIN="images.example.com")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    for name in ("S3_CUSTOM_DOMAIN", "S3_CLOUDFRONT_KEY_ID", "S3_CLOUDFRONT_KEY"):
+        assert name in result.stderr
+
+
+def test_a_cloudfront_key_that_is_not_a_pem_private_key_stops_start_up() -> None:
+    result = load(
+        "DEBUG",
+        S3_BUCKET="images",
+        S3_CUSTOM_DOMAIN="images.example.com",
+        S3_CLOUDFRONT_KEY_ID="K2JCJMDEHXQW5F",
+        S3_CLOUDFRONT_KEY="not a key",
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and "S3_CLOUDFRONT_KEY" in result.stderr
+
+
+def test_a_custom_domain_gets_signed_cloudfront_urls_that_expire(tmp_path: Any) -> None:
+    import base64
+    import json
+    import time
+    import urllib.parse
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    key_file = tmp_path / "cloudfront.pem"
+    key_file.write_bytes(pem)
+    code = (
+        "import django; django.setup(); "
+        "from django.core.files.storage import default_storage; "
+        "print(default_storage.url('images/ab/cd.png'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DJANGO_SETTINGS_MODULE": "chatimg.settings",
+            "S3_BUCKET": "images",
+            "S3_CUSTOM_DOMAIN": "images.example.com",
+            "S3_CLOUDFRONT_KEY_ID": "K2JCJMDEHXQW5F",
+            "S3_CLOUDFRONT_KEY_FILE": str(key_file),
+            "S3_PRESIGN_SECONDS": "120",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    url = result.stdout.strip().splitlines()[-1]
+    parts = urllib.parse.urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.path) == (
+        "https",
+        "images.example.com",
+        "/images/ab/cd.png",
+    )
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    assert query["Key-Pair-Id"] == "K2JCJMDEHXQW5F"
+    expires = int(query["Expires"])
+    assert 100 <= expires - time.time() <= 125  # S3_PRESIGN_SECONDS, not forever
+    # CloudFront's canned policy, signed with the private key: verify with the public one.
+    resource = url.split("?", 1)[0]
+    policy = json.dumps(
+        {
+            "Statement": [
+                {"Resource": resource, "Condition": {"DateLessThan": {"AWS:EpochTime": expires}}}
+            ]
+        },
+        separators=(",", ":"),
+    )
+    signature = base64.b64decode(
+        query["Signature"].replace("-", "+").replace("_", "=").replace("~", "/")
+    )
+    key.public_key().verify(signature, policy.encode(), padding.PKCS1v15(), hashes.SHA1())

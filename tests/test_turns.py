@@ -11,10 +11,11 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from conversations import runtime
+from conversations import limits, runtime
 from conversations.models import ApiToken, Conversation, Message, ToolInvocation
-from conversations.offline_model import Fail, Hang, Reply, ToolCall
+from offline_model import Fail, Hang, Reply, ToolCall
 from tests.conftest import ChatSocket, open_socket, text_of
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,8 +82,7 @@ async def test_a_client_that_reconnects_after_the_end_gets_the_rest_and_the_fina
     answer_id = accepted["assistant_message_id"]
     have = await streamed_so_far(first, answer_id, at_least=10)
     await first.close()
-    while (await Message.objects.aget(pk=answer_id)).status == "streaming":
-        await asyncio.sleep(0.05)
+    await eventually(lambda: Message.objects.filter(pk=answer_id, status="complete").aexists())
 
     second = await connect(user)
     await second.send(
@@ -283,11 +283,11 @@ async def test_an_oversized_frame_gets_a_typed_error_and_nothing_is_stored(
 
 
 async def test_sending_too_many_messages_a_minute_is_rate_limited(
-    make_user: Any, connect: Any, fake_openai: Any, settings: Any
+    make_user: Any, connect: Any, fake_openai: Any, settings: Any, monkeypatch: Any
 ) -> None:
     settings.MESSAGES_PER_MINUTE = 2
-    if time.time() % 60 > 55:  # stay inside one one-minute window
-        await asyncio.sleep(61 - time.time() % 60)
+    minute = (time.time() // 60) * 60 + 1  # one one-minute window, whatever the clock says
+    monkeypatch.setattr(limits, "now", lambda: minute)
     user, socket = await user_and_socket(make_user, connect)
     other_tab = await connect(user)
     for key in ("c1", "c2"):
@@ -351,10 +351,10 @@ async def test_a_live_answer_is_not_taken_for_a_dead_one(
     _, socket = await user_and_socket(make_user, connect)
     await socket.send("message.send", client_message_id="c1", text="hi")
     accepted = await socket.receive()
-    for _ in range(5):
-        await asyncio.sleep(0.12)
+    # A sweep at every delta, over the 0.8 s the answer streams (the stale limit is 0.3 s).
+    while (frame := await socket.receive())["type"] != "assistant.completed":
         assert await runtime.sweep_stale_turns() == 0
-    frames = await socket.receive_until("assistant.completed")
+    frames = [frame]
     assert text_of(socket.frames, accepted["assistant_message_id"]) == UPSTREAM
     assert frames[-1]["status"] == "complete"
 

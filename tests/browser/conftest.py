@@ -41,7 +41,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from conversations.offline_model import OfflineModelServer
+from offline_model import OfflineModelServer
 from tests.servers import PASSWORD, AppServer, http_status, launch, server_env, stop
 
 REPO = Path(__file__).resolve().parents[2]

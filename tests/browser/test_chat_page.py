@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import Page, expect
 
-from conversations.offline_model import ImageReply, OfflineModelServer
+from offline_model import ImageReply, OfflineModelServer
 from tests.browser.conftest import wait_until_ready
 from tests.browser.helpers import (
     CONVERSATION_URL,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import Page, expect
 
-from conversations.offline_model import OfflineModelServer, Reply
+from offline_model import OfflineModelServer, Reply
 from tests.browser.conftest import wait_until_ready
 from tests.browser.helpers import CONVERSATION_URL, last_answer, streaming_requests
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import Page, expect
 
-from conversations.offline_model import Fail, ImageReply, OfflineModelServer, Reply, ToolCall
+from offline_model import Fail, ImageReply, OfflineModelServer, Reply, ToolCall
 from tests.browser.conftest import wait_until_ready
 from tests.browser.helpers import (
     UUID,

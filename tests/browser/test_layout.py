@@ -7,7 +7,7 @@ from typing import Any
 
 from playwright.sync_api import Page, expect
 
-from conversations.offline_model import OfflineModelServer, Reply, tokenize
+from offline_model import OfflineModelServer, Reply, tokenize
 from tests.browser.conftest import log_in_as
 from tests.browser.helpers import (
     RECORD_STREAM,

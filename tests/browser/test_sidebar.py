@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import Locator, Page, expect
 
-from conversations.offline_model import OfflineModelServer, Reply
+from offline_model import OfflineModelServer, Reply
 from tests.browser.conftest import log_in_as, wait_until_ready
 from tests.browser.helpers import (
     CONVERSATION_URL,

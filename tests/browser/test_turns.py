@@ -7,7 +7,7 @@ from typing import Any
 
 from playwright.sync_api import Page, expect
 
-from conversations.offline_model import Fail, OfflineModelServer, Reply
+from offline_model import Fail, OfflineModelServer, Reply
 from tests.browser.conftest import log_in_as, wait_until_ready
 from tests.browser.helpers import (
     RECORD_STREAM,

@@ -1,0 +1,153 @@
+"""What the offline model says when nothing is scripted, and when it calls ``generate_image``.
+
+Pure functions of the request body, deterministic: the same messages always produce the
+same reply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from offline_model.scripting import Reply, ToolCall
+
+_TOKEN_RE = re.compile(r"\S+\s*|\s+")
+_VERBS = r"draw|paint|sketch|illustrate"  # not "render": "how does Django render…"
+_NOUNS = r"picture|image|illustration|photo|photograph|drawing|painting|sketch|portrait|artwork"
+# Deliberately loose: this is a demo model, and a false positive just draws a picture.
+_PICTURE_REQUEST_RE = re.compile(
+    rf"\b(?:{_VERBS})\b"
+    rf"|\b(?:{_NOUNS})s?\s+(?:of|showing|depicting)\b"
+    rf"|\b(?:generate|create|make|show|give|send)\b(?:\s+\S+){{0,3}}?\s+(?:{_NOUNS})s?\b",
+    re.IGNORECASE,
+)
+_SUBJECT_AFTER_NOUN_RE = re.compile(
+    rf"\b(?:{_NOUNS})s?\s+(?:of|showing|depicting)\s+(?P<subject>.+)", re.IGNORECASE | re.DOTALL
+)
+_SUBJECT_AFTER_VERB_RE = re.compile(
+    r"^(?:(?:please|hey|ok(?:ay)?|now|so|can|could|would|will|you|i'd|i\s+would|like|"
+    r"want|to|i|me|for)[\s,]+)*"
+    rf"(?:{_VERBS}|generate|create|make|show|give|send)\s+(?:(?:me|us)\s+)?(?P<subject>.+)",
+    re.IGNORECASE | re.DOTALL,
+)
+_EXAMPLE_PROMPTS = (
+    "a lighthouse at dusk",
+    "a fox in a snowy forest",
+    "a red sailboat on a calm sea",
+    "a city skyline at night",
+)
+
+
+def _text_of(content: object) -> str:
+    """Flatten message ``content``, which may be a string or a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        ]
+        return " ".join(p for p in parts if p)
+    return ""
+
+
+def last_user_text(messages: list[Any]) -> str:
+    """The text of the last ``user`` message ("" when there is none)."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = _squash(text)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def wants_picture(text: str) -> bool:
+    """Whether a user message reads like a request for an image."""
+    return bool(_PICTURE_REQUEST_RE.search(text))
+
+
+def picture_subject(text: str) -> str:
+    """Strip the request phrasing: "Please draw me a lighthouse at dusk!" -> "a lighthouse…"."""
+    text = _squash(text).rstrip(" .!?")
+    match = _SUBJECT_AFTER_NOUN_RE.search(text) or _SUBJECT_AFTER_VERB_RE.match(text)
+    subject = match.group("subject").strip(" .!?") if match else text
+    subject = re.sub(r"[\s,]+(?:for\s+(?:me|us)|please)$", "", subject, flags=re.IGNORECASE)
+    return _shorten(subject or text, 300)
+
+
+def _offers_tool(body: dict[str, Any], name: str) -> bool:
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and (tool.get("function") or {}).get("name") == name:
+            return True
+    return False
+
+
+def _follow_up(tool_content: str) -> str:
+    """The sentence the model says after the app returns a generate_image result."""
+    try:
+        data = json.loads(tool_content)
+    except (TypeError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        return f"The tool replied: {_shorten(tool_content, 200) or '(nothing)'}"
+    if data.get("status") == "error" or "error" in data:
+        reason = data.get("error") or "something went wrong"
+        return f"Sorry, I couldn't make that image: {reason}"
+    prompt = data.get("prompt") or data.get("revised_prompt")
+    if prompt:
+        return f"Here is your picture of {prompt}. Ask me for changes or another one."
+    return "Here is your picture. Ask me for changes or another one."
+
+
+def _default_reply(messages: list[Any]) -> str:
+    user_text = last_user_text(messages)
+    digest = hashlib.sha256(user_text.encode()).digest()
+    example = _EXAMPLE_PROMPTS[digest[0] % len(_EXAMPLE_PROMPTS)]
+    if not user_text.strip():
+        return (
+            "Hello! I'm the **built-in offline model**, running without any API key. "
+            f'Ask me to *draw* something, like **"draw {example}"**.'
+        )
+    return (
+        f"I'm the **built-in offline model**, so I can't really chat, but I heard you say "
+        f'"{_shorten(re.sub(r"[*_`]+", "", user_text), 80)}". '
+        f'Try asking me to *draw* something, like **"draw {example}"**, '
+        "and I'll make a picture for you."
+    )
+
+
+def plan_chat(body: dict[str, Any]) -> Reply:
+    """Decide the unscripted reply for a chat request (pure function, easy to test)."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    if last.get("role") == "tool":
+        # Several trailing tool messages happen with parallel tool calls; answer each.
+        results: list[str] = []
+        for message in reversed(messages):
+            if not isinstance(message, dict) or message.get("role") != "tool":
+                break
+            results.append(_follow_up(_text_of(message.get("content"))))
+        return Reply(text=" ".join(reversed(results)))
+    user_text = last_user_text(messages)
+    if user_text and wants_picture(user_text) and _offers_tool(body, "generate_image"):
+        subject = picture_subject(user_text)
+        return Reply(
+            text=f"Sure, let me draw {subject}.",
+            tool_calls=[ToolCall("generate_image", {"prompt": subject})],
+        )
+    return Reply(text=_default_reply(messages))
+
+
+def tokenize(text: str) -> list[str]:
+    """Word-like streaming tokens; joining them gives back ``text`` exactly."""
+    return _TOKEN_RE.findall(text)

@@ -1,0 +1,80 @@
+"""What the model is sent, rebuilt from stored rows: segments, tool rounds, shapes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from conversations import llm
+from conversations.models import Conversation, Message, ToolInvocation
+
+pytestmark = pytest.mark.django_db
+
+
+def answer_with_calls(make_user: Any, text: str, offsets: list[int]) -> Message:
+    conversation = Conversation.objects.create(user=make_user())
+    question = conversation.messages.create(role="user", text="draw two")
+    answer = conversation.messages.create(role="assistant", text=text, reply_to=question)
+    for n, offset in enumerate(offsets):
+        ToolInvocation.objects.create(
+            message=answer,
+            call_id=f"call_{n}",
+            name="generate_image",
+            arguments={"prompt": f"picture {n}"},
+            text_offset=offset,
+            status="complete",
+            result={"status": "ok", "image_id": f"id-{n}", "prompt": f"picture {n}"},
+        )
+    return Message.objects.prefetch_related("tool_invocations__image").get(pk=answer.pk)
+
+
+def test_segments_cut_the_text_at_each_tool_call(make_user: Any) -> None:
+    answer = answer_with_calls(make_user, "Here: and there. Done.", [5, 16])
+    assert [(text, inv.call_id if inv else None) for text, inv in answer.segments()] == [
+        ("Here:", "call_0"),
+        (" and there.", "call_1"),
+        (" Done.", None),
+    ]
+
+
+def test_an_offset_past_the_text_is_clamped_not_lost(make_user: Any) -> None:
+    answer = answer_with_calls(make_user, "Short.", [99])
+    assert [text for text, _ in answer.segments()] == ["Short.", ""]
+
+
+def test_a_tool_round_becomes_call_then_result_with_string_content(make_user: Any) -> None:
+    answer = answer_with_calls(make_user, "Let me draw.Here it is.", [12])
+    messages = llm.model_messages([answer.reply_to, answer])
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
+    call, result, after = messages[2], messages[3], messages[4]
+    assert call["content"] == "Let me draw."
+    assert call["tool_calls"] == [
+        {
+            "id": "call_0",
+            "type": "function",
+            "function": {"name": "generate_image", "arguments": '{"prompt": "picture 0"}'},
+        }
+    ]
+    assert result == {
+        "role": "tool",
+        "tool_call_id": "call_0",
+        "content": json.dumps({"status": "ok", "image_id": "id-0", "prompt": "picture 0"}),
+    }
+    assert after == {"role": "assistant", "content": "Here it is."}
+
+
+def test_two_calls_in_a_row_are_one_round_and_no_content_is_null(make_user: Any) -> None:
+    answer = answer_with_calls(make_user, "Done.", [0, 0])
+    messages = llm.model_messages([answer.reply_to, answer])
+    rounds = [m for m in messages if m.get("tool_calls")]
+    assert len(rounds) == 1 and len(rounds[0]["tool_calls"]) == 2
+    assert all(m["content"] is not None for m in messages)
+    assert [m["tool_call_id"] for m in messages if m["role"] == "tool"] == ["call_0", "call_1"]
+
+
+def test_no_url_or_bytes_reach_the_model(make_user: Any) -> None:
+    answer = answer_with_calls(make_user, "x", [1])
+    sent = json.dumps(llm.model_messages([answer.reply_to, answer]))
+    assert "/images/" not in sent and "base64" not in sent and "http" not in sent

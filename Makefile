@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install install-django6 clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,24 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+## The Django 6 line: Django 6.x on Python 3.12+ in its own venv, from its own
+## hash-pinned lock (the same pins as requirements.lock but Django). `make test`
+## builds it; scripts/python-for-django6 says which Python it uses, or why none.
+VENV6 := .venv-django6
+STAMP6 := $(VENV6)/.installed
+PYTHON_DJANGO6 ?= $(shell scripts/python-for-django6)
+
+$(STAMP6): requirements-django6.lock pyproject.toml
+	@test -n "$(PYTHON_DJANGO6)" || { echo "no Python >= 3.12 for $(VENV6)"; exit 1; }
+	@test -x $(VENV6)/bin/python || { echo "== creating $(VENV6) with $(PYTHON_DJANGO6)"; $(PYTHON_DJANGO6) -m venv $(VENV6); }
+	@echo "== installing the hash-pinned requirements-django6.lock into $(VENV6) (about 30 s on a fresh machine)"
+	$(VENV6)/bin/python -m pip install --disable-pip-version-check --progress-bar off --require-hashes -r requirements-django6.lock
+	@echo "== installing chatimg itself into $(VENV6) (editable)"
+	$(VENV6)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP6)
+
+install-django6: $(STAMP6)
 
 ## Serve the app on http://127.0.0.1:8000 with embedded defaults (SQLite,
 ## in-memory channel layer, local media/, the built-in offline model).
@@ -35,4 +53,4 @@ lint: $(STAMP)
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 clean:
-	rm -rf $(VENV) test-results
+	rm -rf $(VENV) $(VENV6) test-results

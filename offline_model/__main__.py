@@ -22,12 +22,13 @@ def main(argv: list[str] | None = None) -> None:
         token_delay=args.token_delay,
         first_token_delay=args.first_token_delay,
     )
-    server.start()
-    print(server.base_url, flush=True)
     # SIGTERM as well as Ctrl-C: a process started in the background by a shell
-    # has SIGINT ignored, and process managers stop servers with SIGTERM.
+    # has SIGINT ignored, and process managers stop servers with SIGTERM. Set
+    # before the address is printed: whoever reads it may stop us at once.
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    server.start()
+    print(server.base_url, flush=True)
     try:
         stopping.wait()
     except KeyboardInterrupt:

@@ -1,3 +1,5 @@
+"""The HTTP routes: the chat pages, images, tokens, accounts and the admin."""
+
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy

@@ -1,3 +1,5 @@
+"""The staff's review of generations in the Django admin: images, conversations, tokens."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable

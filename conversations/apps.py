@@ -1,3 +1,5 @@
+"""The conversations app: its configuration, and the signal handlers it connects at start."""
+
 from django.apps import AppConfig
 
 

@@ -1,3 +1,5 @@
+"""What every page template knows: whether the built-in offline model is in use."""
+
 from typing import Any
 
 from django.conf import settings

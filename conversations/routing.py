@@ -1,3 +1,5 @@
+"""The websocket route: one socket at /ws/chat/ for protocol v1."""
+
 from django.urls import path
 
 from conversations.consumers import ChatConsumer

@@ -1,3 +1,5 @@
+"""The HTTP side: the chat page, the conversation list, images, API tokens, account pages."""
+
 from __future__ import annotations
 
 import uuid

@@ -109,8 +109,7 @@ function finishAnswer(frame, status) {
     article.dataset.status === status && Number(article.dataset.textLength) === frame.text_length;
   if (!known) {
     const failed = status === "failed" || status === "interrupted";
-    // (A catch-up reports an interrupted answer as completed, without a code.)
-    const code = frame.code || (status === "interrupted" ? "interrupted" : "");
+    const code = frame.code || "";
     thread.finish(article, {
       status,
       html: frame.html,
@@ -204,7 +203,7 @@ const handlers = {
   },
   "assistant.completed": (frame) => finishAnswer(frame, frame.status),
   "assistant.failed": (frame) =>
-    finishAnswer(frame, frame.code === "interrupted" ? "interrupted" : "failed"),
+    finishAnswer(frame, frame.status === "interrupted" ? "interrupted" : "failed"),
   "conversation.state": (frame) => {
     if (frame.message_id && frame.status === "streaming") {
       const article = thread.answer(frame.message_id);

@@ -86,7 +86,14 @@ def test_api_tokens_are_created_on_their_page_and_shown_once(
     page.get_by_role("button", name="Create token").click()
     expect(page.get_by_label("New API token")).to_have_value(re.compile(r"^cit_"))
     expect(page.get_by_role("cell", name="laptop CLI")).to_be_visible()
+    raw = page.get_by_label("New API token").input_value()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == raw
     shoot(page, "account-tokens", docs=False)
+    page.reload()  # the creation was a POST, then a redirect: a reload creates nothing
+    expect(page.get_by_role("cell", name="laptop CLI")).to_have_count(1)
     page.goto("/tokens/")
     expect(page.get_by_role("cell", name="laptop CLI")).to_be_visible()
     expect(page.get_by_label("New API token")).to_have_count(0)

@@ -97,3 +97,15 @@ def test_api_tokens_are_created_on_their_page_and_shown_once(
     page.goto("/tokens/")
     expect(page.get_by_role("cell", name="laptop CLI")).to_be_visible()
     expect(page.get_by_label("New API token")).to_have_count(0)
+
+
+def test_a_conversation_that_is_not_yours_is_the_apps_own_not_found_page(
+    page: Page, user: str, shoot: Callable[..., None]
+) -> None:
+    log_in_as(page, user)
+    response = page.goto(f"/c/{uuid.uuid4()}/")
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    expect(page.get_by_text("not yours to see")).to_be_visible()
+    expect(page.get_by_text("Traceback")).to_have_count(0)  # not Django's debug page
+    shoot(page, "not-found")

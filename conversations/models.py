@@ -285,15 +285,21 @@ class Conversation(models.Model):
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
-    def mark_stale_interrupted(self, now: Any = None) -> list[Message]:
+    def mark_stale_interrupted(
+        self, now: Any = None, *, all_streaming: bool = False
+    ) -> list[Message]:
         """Close answers whose turn died with its process (no heartbeat lately).
 
         Their last checkpoint stays as the stored text; nothing is left
-        "streaming" forever. Returns the messages it closed.
+        "streaming" forever. `all_streaming` closes every streaming answer,
+        fresh heartbeat or not: for the start-up of the only process there is.
+        Returns the messages it closed.
         """
         now = now or timezone.now()
         cutoff = now - timedelta(seconds=settings.STALE_TURN_SECONDS)
-        stale = Q(status=Message.Status.STREAMING, heartbeat_at__lt=cutoff)
+        stale = Q(status=Message.Status.STREAMING)
+        if not all_streaming:
+            stale &= Q(heartbeat_at__lt=cutoff)
         closed = []
         for message in self.filter(stale):
             with transaction.atomic():

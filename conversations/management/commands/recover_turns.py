@@ -1,11 +1,29 @@
-from django.core.management.base import BaseCommand
+"""Close answers whose process died mid-turn: at start-up (make run) and by hand."""
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
 
 from conversations.models import Message
 
 
 class Command(BaseCommand):
-    help = "Mark answers whose process died mid-turn (stale heartbeat) as interrupted."
+    help = (
+        "Mark answers whose process died mid-turn as interrupted, keeping their last text. "
+        "Without Redis (one process: the embedded stack) every answer still streaming is "
+        "closed, since none can be running before the server starts; with Redis, only "
+        "those with a stale heartbeat."
+    )
 
-    def handle(self, *args: object, **options: object) -> None:
-        closed = Message.objects.mark_stale_interrupted()
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--stale-only",
+            action="store_true",
+            help="close only answers with a stale heartbeat, even without Redis",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        alone = not settings.REDIS_URL and not options["stale_only"]
+        closed = Message.objects.mark_stale_interrupted(all_streaming=alone)
         self.stdout.write(f"{len(closed)} interrupted answer(s) closed.")

@@ -1,0 +1,117 @@
+"""A real server process killed mid-answer (SIGKILL), then started again as `make run` does.
+
+The embedded stack (SQLite, one process): at start-up `recover_turns` closes
+every answer still "streaming" at once, since none can be running before the
+server starts, so the conversation is usable straight away instead of after
+the stale-heartbeat sweep (a minute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from offline_model import OfflineModelServer, Reply
+from tests.servers import AppServer, launch, server_env, start, stop
+
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("REDIS_URL")), reason="the embedded stack (one process, no Redis)"
+)
+
+ISSUE_TOKEN = (
+    "from django.contrib.auth import get_user_model; "
+    "from conversations.models import ApiToken; "
+    "user = get_user_model().objects.create_user('crash'); "
+    "print(ApiToken.issue(user, 'test')[1])"
+)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[AppServer, OfflineModelServer, str]]:
+    with OfflineModelServer() as model, tempfile.TemporaryDirectory() as tmp:
+        # Default checkpoint and sweep settings: nothing shortened for the test.
+        env = server_env(Path(tmp), model.base_url)
+        app = launch(env, Path(tmp) / "app.log")
+        try:
+            token = app.manage("shell", "-c", ISSUE_TOKEN).strip().splitlines()[-1]
+            yield app, model, token
+        finally:
+            if app.process is not None:
+                stop(app.process)
+
+
+async def receive_until(socket: Any, *kinds: str) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        frame = json.loads(await asyncio.wait_for(socket.recv(), 15))
+        frames.append(frame)
+        if frame["type"] in kinds:
+            return frames
+
+
+async def test_after_kill_9_mid_answer_and_a_restart_the_chat_is_usable_at_once(
+    server: tuple[AppServer, OfflineModelServer, str],
+) -> None:
+    app, model, token = server
+    model.script_chat(Reply(tokens=[f"w{n} " for n in range(400)], token_delay=0.02))
+    headers = {"Authorization": f"Bearer {token}"}
+    async with websockets.connect(
+        app.url.replace("http", "ws") + "/ws/chat/", additional_headers=headers
+    ) as ws:
+        await receive_until(ws, "session.ready")
+        await ws.send(json.dumps({"type": "message.send", "client_message_id": "c1", "text": "go"}))
+        frames = await receive_until(ws, "assistant.delta")
+        conversation = frames[0]["conversation_id"]
+        assert app.process is not None
+        app.process.send_signal(signal.SIGKILL)  # no drain, no goodbye
+        app.process.wait(timeout=10)
+
+    with sqlite3.connect(app.db_path) as db:
+        (status,) = db.execute(
+            "SELECT status FROM conversations_message WHERE role='assistant'"
+        ).fetchone()
+    assert status == "streaming"  # the dead process could not say otherwise
+
+    assert "1 interrupted answer(s) closed." in app.manage("recover_turns")  # as `make run` does
+    start(app)
+    with sqlite3.connect(app.db_path) as db:
+        (status, code) = db.execute(
+            "SELECT status, error_code FROM conversations_message WHERE role='assistant'"
+        ).fetchone()
+    assert (status, code) == ("interrupted", "interrupted")
+
+    model.script_chat(Reply(text="Back again."))
+    async with websockets.connect(
+        app.url.replace("http", "ws") + "/ws/chat/", additional_headers=headers
+    ) as ws:
+        await receive_until(ws, "session.ready")
+        await ws.send(
+            json.dumps({"type": "conversation.subscribe", "conversation_id": conversation})
+        )
+        caught_up = await receive_until(ws, "assistant.failed", "assistant.completed")
+        assert (
+            caught_up[-1]["type"] == "assistant.failed" and caught_up[-1]["code"] == "interrupted"
+        )
+        # Not blocked by a dead answer: the next message is answered at once.
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "message.send",
+                    "conversation_id": conversation,
+                    "client_message_id": "c2",
+                    "text": "again",
+                }
+            )
+        )
+        done = await receive_until(ws, "assistant.completed", "assistant.failed", "error")
+        assert done[-1]["type"] == "assistant.completed" and done[-1]["status"] == "complete"

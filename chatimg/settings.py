@@ -302,6 +302,10 @@ if STALE_TURN_SECONDS <= 2 * CHECKPOINT_SECONDS:
         "CHATIMG_STALE_TURN_SECONDS must be more than twice CHATIMG_CHECKPOINT_SECONDS, "
         "or live answers would be taken for dead ones"
     )
+# On SIGTERM, how long running answers (and their images) may take to finish
+# before what is left is interrupted; keep the process manager's own grace
+# period longer (docs/deployment.md).
+DRAIN_SECONDS = env_float("CHATIMG_DRAIN_SECONDS", 25.0, minimum=0)
 TURN_TIMEOUT_SECONDS = env_float("CHATIMG_TURN_TIMEOUT", 300.0, minimum=1)
 MAX_TOOL_CALLS_PER_TURN = env_int("CHATIMG_MAX_TOOL_CALLS", 4, minimum=0)
 # Model requests per answer, whatever the server does (a server that returns

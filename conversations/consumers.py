@@ -76,6 +76,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
     # --- frames from the client ------------------------------------------------
 
     async def on_message_send(self, frame: frames.SendFrame) -> None:
+        runtime.refuse_if_draining()
         conversation, question, answer, created = await dbpool.run(self._begin_turn)(frame)
         await self._follow(conversation)
         self.follower.offsets.setdefault(answer.pk, 0)
@@ -111,6 +112,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         )
 
     async def on_turn_regenerate(self, frame: frames.ConversationFrame) -> None:
+        runtime.refuse_if_draining()
         conversation, (replaced, answer) = await dbpool.run(self._restart)(
             frame, Conversation.begin_regeneration
         )
@@ -123,6 +125,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
 
     async def on_turn_continue(self, frame: frames.ConversationFrame) -> None:
         """Carry on an answer that stopped at the model's length limit, in place."""
+        runtime.refuse_if_draining()
         conversation, answer = await dbpool.run(self._restart)(
             frame, Conversation.begin_continuation
         )

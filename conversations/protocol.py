@@ -66,6 +66,7 @@ CODES: dict[str, Code] = {
         "The last answer is complete; there is nothing to continue.", retryable=False
     ),
     "not_found": Code("This conversation no longer exists.", retryable=False),
+    "server_draining": Code("The server is restarting; your message will be sent again."),
     "": Code("Something went wrong."),
 }
 

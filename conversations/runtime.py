@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Runtime:
     channel: str
+    draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     running: dict[uuid.UUID, Turn] = field(default_factory=dict)
 
@@ -83,15 +84,40 @@ async def _runtime() -> _Runtime:
     return runtime
 
 
-async def stop() -> None:
-    """Interrupt this process's answers (their text is stored) and stop the receivers."""
-    runtime = _runtimes.pop(asyncio.get_running_loop(), None)
-    if runtime is None:
+class Draining(protocol.ChatimgError):
+    """This process is shutting down: a new turn belongs on another (or after a reconnect)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "server_draining", "This server is restarting; your message will be sent again."
+        )
+
+
+def refuse_if_draining() -> None:
+    """For new turns: a process that drains takes none (its running ones finish)."""
+    runtime = _runtimes.get(asyncio.get_running_loop())
+    if runtime is not None and runtime.draining:
+        raise Draining
+
+
+async def stop(grace: float | None = None) -> None:
+    """Drain: take no new turns, let running answers finish within `grace` seconds
+    (CHATIMG_DRAIN_SECONDS), then interrupt what is left (its text is stored),
+    and stop the receivers."""
+    runtime = _runtimes.get(asyncio.get_running_loop())
+    if runtime is None or runtime.draining:
         return
-    turns = list(runtime.running.values())
-    for turn in turns:
+    runtime.draining = True
+    grace = settings.DRAIN_SECONDS if grace is None else grace
+    tasks = [turn.task for turn in runtime.running.values() if turn.task]
+    if tasks:
+        log.info("draining: %d answer(s) may take up to %g s to finish", len(tasks), grace)
+        await asyncio.wait(tasks, timeout=grace)
+    left = list(runtime.running.values())
+    for turn in left:
         turn.interrupt()
-    await asyncio.gather(*(t.task for t in turns if t.task), return_exceptions=True)
+    await asyncio.gather(*(t.task for t in left if t.task), return_exceptions=True)
+    _runtimes.pop(asyncio.get_running_loop(), None)
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)

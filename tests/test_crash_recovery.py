@@ -115,3 +115,39 @@ async def test_after_kill_9_mid_answer_and_a_restart_the_chat_is_usable_at_once(
         )
         done = await receive_until(ws, "assistant.completed", "assistant.failed", "error")
         assert done[-1]["type"] == "assistant.completed" and done[-1]["status"] == "complete"
+
+
+async def test_sigterm_lets_the_running_answer_finish_and_a_new_send_is_told_to_come_back(
+    server: tuple[AppServer, OfflineModelServer, str],
+) -> None:
+    app, model, token = server
+    tokens = [f"w{n} " for n in range(100)]  # about 2 s at 20 ms a token
+    model.script_chat(Reply(tokens=tokens, token_delay=0.02))
+    headers = {"Authorization": f"Bearer {token}"}
+    url = app.url.replace("http", "ws") + "/ws/chat/"
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        await receive_until(ws, "session.ready")
+        await ws.send(json.dumps({"type": "message.send", "client_message_id": "c1", "text": "go"}))
+        await receive_until(ws, "assistant.delta")
+        assert app.process is not None
+        app.process.send_signal(signal.SIGTERM)  # a deploy
+
+        # While it drains, a send is refused with a typed, retryable error.
+        async with websockets.connect(url, additional_headers=headers) as late:
+            await receive_until(late, "session.ready")
+            await late.send(
+                json.dumps({"type": "message.send", "client_message_id": "c2", "text": "hi"})
+            )
+            refused = (await receive_until(late, "error"))[-1]
+        assert (refused["code"], refused["ref"]) == ("server_draining", "c2")
+
+    assert app.process.wait(timeout=30) is not None  # it does exit, after the drain
+    with sqlite3.connect(app.db_path) as db:
+        rows = db.execute(
+            "SELECT status, text FROM conversations_message WHERE role='assistant'"
+        ).fetchall()
+        sent_twice = db.execute(
+            "SELECT count(*) FROM conversations_message WHERE client_message_id='c2'"
+        ).fetchone()
+    assert rows == [("complete", "".join(tokens))]  # finished during the drain, all of it
+    assert sent_twice == (0,)  # the refused send stored nothing

@@ -222,6 +222,14 @@ const handlers = {
       toLogin();
       return;
     }
+    if (frame.code === "server_draining") {
+      // This server is restarting: keep the message (unacked) and send it again
+      // once reconnected, to another server or to this one when it is back.
+      regenerating = false;
+      connection.reconnectLater();
+      refreshControls();
+      return;
+    }
     if (frame.ref && unacked.has(frame.ref)) {
       // Refused, so not stored: take the message back out of the thread and into the box.
       const { text } = unacked.get(frame.ref);

@@ -78,6 +78,15 @@ export class Connection {
     this.timer = setTimeout(() => this.connect(), delay);
   }
 
+  /** Drop this socket and come back after the usual backoff (the server asked us to). */
+  reconnectLater() {
+    const old = this.socket;
+    this.socket = null;
+    old?.close();
+    this.handlers.onState("offline");
+    this.schedule();
+  }
+
   reconnectNow() {
     if (this.timer) this.connect();
   }

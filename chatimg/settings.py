@@ -294,6 +294,10 @@ OFFLINE_TOKEN_DELAY_MS = env_int("CHATIMG_OFFLINE_TOKEN_DELAY_MS", 25, minimum=0
 
 # --- Turn engine ----------------------------------------------------------------
 
+# Without Redis, where answers in flight are kept outside the process (one
+# append-only file each, conversations/streams.py), so that a crash loses at
+# most one coalescing window of text.
+STREAM_DIR = env_str("CHATIMG_STREAM_DIR", str(BASE_DIR / "answer-streams"))
 STREAM_COALESCE_MS = env_int("CHATIMG_STREAM_COALESCE_MS", 30, minimum=0)
 CHECKPOINT_SECONDS = env_float("CHATIMG_CHECKPOINT_SECONDS", 15.0, minimum=0.05)
 STALE_TURN_SECONDS = env_float("CHATIMG_STALE_TURN_SECONDS", 60.0, minimum=0.2)

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -286,13 +287,19 @@ class Conversation(models.Model):
 
 class MessageQuerySet(models.QuerySet["Message"]):
     def mark_stale_interrupted(
-        self, now: Any = None, *, all_streaming: bool = False
+        self,
+        now: Any = None,
+        *,
+        all_streaming: bool = False,
+        text_of: Callable[[Message], str] | None = None,
     ) -> list[Message]:
         """Close answers whose turn died with its process (no heartbeat lately).
 
         Their last checkpoint stays as the stored text; nothing is left
         "streaming" forever. `all_streaming` closes every streaming answer,
         fresh heartbeat or not: for the start-up of the only process there is.
+        `text_of` gives an answer's text as recovered (conversations/streams.py:
+        the checkpoint carried on by the deltas published after it).
         Returns the messages it closed.
         """
         now = now or timezone.now()
@@ -304,7 +311,9 @@ class MessageQuerySet(models.QuerySet["Message"]):
         for message in self.filter(stale):
             with transaction.atomic():
                 # Conditional, so that two sweepers (or a late heartbeat) never race.
+                recovered = {"text": text_of(message)} if text_of else {}
                 won = Message.objects.filter(stale, pk=message.pk).update(
+                    **recovered,
                     status=Message.Status.INTERRUPTED,
                     error_code="interrupted",
                     error_message=INTERRUPTED_MESSAGE,

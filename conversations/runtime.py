@@ -33,7 +33,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations import dbpool, deletions, protocol
+from conversations import dbpool, deletions, protocol, streams
 from conversations.models import Message
 from conversations.turns import Turn, TurnContext
 
@@ -226,7 +226,7 @@ async def sweep_stale_turns() -> int:
 
 
 def _close_stale() -> list[tuple[Message, str]]:
-    closed = Message.objects.mark_stale_interrupted()
+    closed = Message.objects.mark_stale_interrupted(text_of=streams.recovered_text)
     answers = Message.objects.prefetch_related("tool_invocations__image").filter(
         pk__in=[message.pk for message in closed]
     )

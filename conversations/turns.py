@@ -25,7 +25,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations import dbpool, images, llm, protocol
+from conversations import dbpool, images, llm, protocol, streams
 from conversations.coalescer import Coalescer
 from conversations.models import INTERRUPTED_MESSAGE, Conversation, Message, ToolInvocation
 
@@ -301,6 +301,11 @@ class Turn:
         }
 
     async def _publish_delta(self, offset: int, text: str) -> None:
+        try:
+            # Kept outside this process first: a crash loses at most this window.
+            await streams.streams().append(self.context.message_id, offset, text)
+        except Exception as exc:  # the answer goes on; only its crash safety suffers
+            log.warning("answer %s: the stream append failed: %s", self.context.message_id, exc)
         await self.layer.group_send(
             self.group,
             {
@@ -331,6 +336,10 @@ class Turn:
         truncated = self.truncated and status == Message.Status.COMPLETE
         code, message = (error.code, error.message) if error else ("", "")
         html = await dbpool.run(self._save_final)(status, code, message, truncated)
+        try:
+            await streams.streams().finish(self.context.message_id)
+        except Exception as exc:
+            log.warning("answer %s: closing its stream failed: %s", self.context.message_id, exc)
         self.wants_title = (
             status == Message.Status.COMPLETE and self.first_exchange and settings.LLM_TITLES
         )

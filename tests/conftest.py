@@ -50,6 +50,13 @@ def local_storage(settings: Any, tmp_path: Any) -> Any:
 
 
 @pytest.fixture(autouse=True)
+def answer_streams(settings: Any, tmp_path: Any) -> Any:
+    """Answers in flight (without Redis) go to the test's own folder, not the checkout."""
+    settings.STREAM_DIR = str(tmp_path / "answer-streams")
+    return tmp_path / "answer-streams"
+
+
+@pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
     """Rate-limit counters must not leak from one test into the next.
 

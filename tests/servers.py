@@ -40,6 +40,7 @@ def server_env(tmp: Path, model_base_url: str, **overrides: str) -> dict[str, st
             "DJANGO_DEBUG": "1",
             "SQLITE_PATH": str(tmp / "db.sqlite3"),
             "MEDIA_ROOT": str(tmp / "media"),
+            "CHATIMG_STREAM_DIR": str(tmp / "answer-streams"),
             "OPENAI_API_KEY": "sk-test",
             "OPENAI_BASE_URL": model_base_url,
             "CHATIMG_CHAT_MODEL": "gpt-test",

@@ -1,9 +1,10 @@
-"""A real server process killed mid-answer (SIGKILL), then started again as `make run` does.
+"""Real server processes, real signals: SIGKILL mid-answer and a restart, SIGTERM mid-answer.
 
 The embedded stack (SQLite, one process): at start-up `recover_turns` closes
 every answer still "streaming" at once, since none can be running before the
 server starts, so the conversation is usable straight away instead of after
-the stale-heartbeat sweep (a minute).
+the stale-heartbeat sweep (a minute), with the text the user saw (the answer
+stream, conversations/streams.py).
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ async def test_after_kill_9_mid_answer_and_a_restart_the_chat_is_usable_at_once(
         await ws.send(json.dumps({"type": "message.send", "client_message_id": "c1", "text": "go"}))
         frames = await receive_until(ws, "assistant.delta")
         conversation = frames[0]["conversation_id"]
+        seen = ""
+        while len(seen) < 150:  # a couple of seconds in, far short of a checkpoint (15 s)
+            frame = frames.pop(0) if frames else json.loads(await asyncio.wait_for(ws.recv(), 15))
+            if frame["type"] == "assistant.delta":
+                assert frame["offset"] <= len(seen)
+                seen = seen[: frame["offset"]] + frame["text"]
         assert app.process is not None
         app.process.send_signal(signal.SIGKILL)  # no drain, no goodbye
         app.process.wait(timeout=10)
@@ -85,10 +92,13 @@ async def test_after_kill_9_mid_answer_and_a_restart_the_chat_is_usable_at_once(
     assert "1 interrupted answer(s) closed." in app.manage("recover_turns")  # as `make run` does
     start(app)
     with sqlite3.connect(app.db_path) as db:
-        (status, code) = db.execute(
-            "SELECT status, error_code FROM conversations_message WHERE role='assistant'"
+        (status, code, stored) = db.execute(
+            "SELECT status, error_code, text FROM conversations_message WHERE role='assistant'"
         ).fetchone()
     assert (status, code) == ("interrupted", "interrupted")
+    # Every character the user saw survived (deltas are kept outside the process
+    # before they are sent), though no checkpoint had been written.
+    assert stored.startswith(seen), (len(stored), len(seen))
 
     model.script_chat(Reply(text="Back again."))
     async with websockets.connect(

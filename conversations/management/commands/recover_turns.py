@@ -5,6 +5,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from conversations import streams
 from conversations.models import Message
 
 
@@ -25,5 +26,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         alone = not settings.REDIS_URL and not options["stale_only"]
-        closed = Message.objects.mark_stale_interrupted(all_streaming=alone)
+        closed = Message.objects.mark_stale_interrupted(
+            all_streaming=alone, text_of=streams.recovered_text
+        )
         self.stdout.write(f"{len(closed)} interrupted answer(s) closed.")

@@ -191,14 +191,3 @@ async def normal_turn(sock: Sock, text: str = "hello there") -> dict[str, Any]:
             assert frame["type"] == "assistant.completed", frame
             assert frame["status"] == "complete", frame
             return accepted
-
-
-def deadline_poll(condition: Any, timeout: float = 10, interval: float = 0.05) -> Any:
-    """Poll `condition()` until it is truthy or the deadline passes (then fail)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def eventually(
@@ -18,10 +21,16 @@ async def eventually(
         await asyncio.sleep(0.02)  # the poll's interval, under a deadline
 
 
-def eventually_sync(condition: Callable[[], bool], timeout: float = 10, what: str = "it") -> None:
-    """The same for synchronous code (subprocesses, servers)."""
+def eventually_sync(
+    condition: Callable[[], T],
+    timeout: float = 10,
+    what: str = "the condition",
+    interval: float = 0.02,
+) -> T:
+    """The same for synchronous code (subprocesses, servers); returns the truthy value."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {timeout} s")
-        time.sleep(0.02)  # the poll's interval, under a deadline
+        time.sleep(interval)  # the poll's interval, under a deadline
+    return value

@@ -9,14 +9,41 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import websockets
 
-from tests.servers import PASSWORD, AppServer
+from offline_model import OfflineModelServer
+from tests.servers import PASSWORD, AppServer, launch, server_env, stop
+
+#: What the battery ran against: DEBUG off, plain http on loopback, no title requests.
+PRODUCTION_LIKE = {
+    "DJANGO_DEBUG": "0",
+    "DJANGO_SECRET_KEY": "attack-battery-" + "x" * 40,
+    "DJANGO_SECURE_COOKIES": "0",
+    "CHATIMG_LLM_TITLES": "0",
+}
+
+
+def serve(model: OfflineModelServer, **env: str) -> Iterator[AppServer]:
+    """The app in its own daphne process, production-like plus `env`; stopped after."""
+    tmp = Path(tempfile.mkdtemp(prefix="chatimg-attack-"))
+    server = None
+    try:
+        settings = server_env(tmp, model.base_url, **{**PRODUCTION_LIKE, **env})
+        server = launch(settings, tmp / "server.log")
+        yield server
+    finally:
+        if server is not None and server.process is not None:
+            stop(server.process)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Visitor:

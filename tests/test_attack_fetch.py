@@ -10,22 +10,19 @@ tool failure while the fake sees no download.
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conversations import fetching
 from offline_model import ImageReply, OfflineModelServer, Reply, ToolCall
-from tests.attack import Visitor, normal_turn, ready_socket
-from tests.servers import AppServer, launch, server_env, stop
+from tests.attack import Visitor, normal_turn, ready_socket, serve
+from tests.servers import AppServer
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.1/32")]
 PNG = bytes.fromhex(
@@ -231,35 +228,20 @@ def model() -> Iterator[OfflineModelServer]:
         yield server
 
 
-def serve(model: OfflineModelServer, **env: str) -> Iterator[AppServer]:
-    tmp = Path(tempfile.mkdtemp(prefix="chatimg-ssrf-"))
-    server = None
-    try:
-        env = {
-            "DJANGO_DEBUG": "0",
-            "DJANGO_SECRET_KEY": "ssrf-" + "z" * 50,
-            "DJANGO_SECURE_COOKIES": "0",
-            "CHATIMG_LLM_TITLES": "0",
-            "CHATIMG_IMAGE_RESPONSE_FORMAT": "url",
-            **env,
-        }
-        server = launch(server_env(tmp, model.base_url, **env), tmp / "server.log")
-        yield server
-    finally:
-        if server is not None and server.process is not None:
-            stop(server.process)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def app(model: OfflineModelServer) -> Iterator[AppServer]:
-    yield from serve(model)
+    yield from serve(model, CHATIMG_IMAGE_RESPONSE_FORMAT="url")
 
 
 @pytest.fixture(scope="module")
 def lenient_app(model: OfflineModelServer) -> Iterator[AppServer]:
     """An operator who allows a provider on this host (a LocalAI on 127.0.0.1)."""
-    yield from serve(model, CHATIMG_IMAGE_FETCH_ALLOW="127.0.0.1", CHATIMG_IMAGE_FETCH_TIMEOUT="2")
+    yield from serve(
+        model,
+        CHATIMG_IMAGE_RESPONSE_FORMAT="url",
+        CHATIMG_IMAGE_FETCH_ALLOW="127.0.0.1",
+        CHATIMG_IMAGE_FETCH_TIMEOUT="2",
+    )
 
 
 async def draw(app: AppServer, model: OfflineModelServer, image: ImageReply | None) -> list[Any]:

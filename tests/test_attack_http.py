@@ -7,18 +7,15 @@ post/redirect/get, and error pages in the app's look (in development too).
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx2
 import pytest
 
 from offline_model import OfflineModelServer
-from tests.attack import Visitor, normal_turn, ready_socket
-from tests.servers import PASSWORD, AppServer, launch, server_env, stop
+from tests.attack import Visitor, normal_turn, ready_socket, serve
+from tests.servers import PASSWORD, AppServer
 
 
 @pytest.fixture(scope="module")
@@ -27,34 +24,14 @@ def model() -> Iterator[OfflineModelServer]:
         yield server
 
 
-def serve(model: OfflineModelServer, debug: str) -> Iterator[AppServer]:
-    tmp = Path(tempfile.mkdtemp(prefix="chatimg-http-"))
-    server = None
-    try:
-        env = server_env(
-            tmp,
-            model.base_url,
-            DJANGO_DEBUG=debug,
-            DJANGO_SECRET_KEY="http-" + "w" * 50,
-            DJANGO_SECURE_COOKIES="0",
-            CHATIMG_LLM_TITLES="0",
-        )
-        server = launch(env, tmp / "server.log")
-        yield server
-    finally:
-        if server is not None and server.process is not None:
-            stop(server.process)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def app(model: OfflineModelServer) -> Iterator[AppServer]:
-    yield from serve(model, "0")
+    yield from serve(model, DJANGO_DEBUG="0")
 
 
 @pytest.fixture(scope="module")
 def dev_app(model: OfflineModelServer) -> Iterator[AppServer]:
-    yield from serve(model, "1")
+    yield from serve(model, DJANGO_DEBUG="1")
 
 
 def new_user(app: AppServer) -> str:

@@ -10,11 +10,8 @@ normal turn still works.
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import websockets
@@ -26,35 +23,15 @@ from tests.attack import (
     normal_turn,
     open_socket,
     ready_socket,
+    serve,
 )
-from tests.servers import PASSWORD, AppServer, launch, server_env, stop
-
-PRODUCTION_LIKE = {
-    "DJANGO_DEBUG": "0",
-    "DJANGO_SECRET_KEY": "attack-battery-" + "x" * 40,
-    "DJANGO_SECURE_COOKIES": "0",  # plain http on loopback
-    "CHATIMG_LLM_TITLES": "0",
-}
+from tests.servers import PASSWORD, AppServer
 
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[OfflineModelServer]:
     with OfflineModelServer(token_delay=0.001) as server:
         yield server
-
-
-def serve(model: OfflineModelServer, **env: str) -> Iterator[AppServer]:
-    tmp = Path(tempfile.mkdtemp(prefix="chatimg-attack-"))
-    server = None
-    try:
-        server = launch(
-            server_env(tmp, model.base_url, **{**PRODUCTION_LIKE, **env}), tmp / "server.log"
-        )
-        yield server
-    finally:
-        if server is not None and server.process is not None:
-            stop(server.process)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,7 @@ them, and once S3 is back the retries delete them.
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -37,6 +35,7 @@ from conversations.models import (
 )
 from tests.conftest import S3_KEYS, open_socket
 from tests.servers import free_port
+from tests.waiting import eventually
 
 
 class S3:
@@ -218,9 +217,10 @@ async def test_a_process_with_sockets_retries_owed_deletions_by_itself(
     await PendingDeletion.objects.aupdate(next_attempt_at=timezone.now() - timedelta(seconds=1))
     connected, socket = await open_socket(user)  # a server process at work
     assert connected
-    deadline = time.monotonic() + 10
-    while await PendingDeletion.objects.aexists():
-        assert time.monotonic() < deadline, "the owed deletion was not retried"
-        await asyncio.sleep(0.05)  # the poll's interval
+
+    async def settled() -> bool:
+        return not await PendingDeletion.objects.aexists()
+
+    await eventually(settled, timeout=10, what="the owed deletion's retry")
     assert image.file.name not in set(s3.keys())
     await socket.close()

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.waiting import within
+
 WEED = Path(sys.executable).parent / "weed"
 ACCESS_KEY, SECRET_KEY = "testing-access", "testing-secret"
 PORT_FLAGS = (
@@ -120,16 +122,19 @@ class SeaweedFS:
             aws_secret_access_key=SECRET_KEY,
             config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2),
         )
-        while time.monotonic() < deadline:
+
+        def answered() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
-                return False
+                return True  # it exited: nothing more to wait for
             try:
                 client.list_buckets()
                 return True
             except Exception:  # not up yet: refused, 5xx while the filer starts
-                time.sleep(0.2)
-        return False
+                return False
+
+        up = within(answered, deadline - time.monotonic(), interval=0.2)
+        return up and self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         process, self.process = self.process, None

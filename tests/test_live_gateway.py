@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from conversations.models import GeneratedImage, Message
 from offline_model import OfflineModelServer, Reply
 from tests.conftest import text_of
 from tests.servers import free_port, stop
+from tests.waiting import within
 
 REPO = Path(__file__).resolve().parents[1]
 LITELLM = REPO / ".venv-litellm" / "bin" / "litellm"
@@ -108,11 +108,8 @@ def litellm_gateway(openai_server: OfflineModelServer, tmp_path_factory: Any) ->
                     stderr=subprocess.STDOUT,
                 )
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180  # LiteLLM imports a lot: ~10-30 s here
-            while time.monotonic() < deadline and process.poll() is None:
-                if _alive(base):
-                    break
-                time.sleep(0.25)
+            # LiteLLM imports a lot: ~10-30 s here. Stop waiting if it exits.
+            within(lambda p=process, b=base: p.poll() is not None or _alive(b), 180, interval=0.25)
             if process.poll() is None and _alive(base):
                 yield Gateway(f"{base}/v1", key, log)
                 return

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 async def eventually(
@@ -21,16 +18,12 @@ async def eventually(
         await asyncio.sleep(0.02)  # the poll's interval, under a deadline
 
 
-def eventually_sync(
-    condition: Callable[[], T],
-    timeout: float = 10,
-    what: str = "the condition",
-    interval: float = 0.02,
-) -> T:
-    """The same for synchronous code (subprocesses, servers); returns the truthy value."""
+def within(condition: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
+    """Poll `condition` (synchronous code: subprocesses, servers) until it is truthy or
+    `timeout` seconds pass; whether it held."""
     deadline = time.monotonic() + timeout
-    while not (value := condition()):
+    while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout} s")
+            return False
         time.sleep(interval)  # the poll's interval, under a deadline
-    return value
+    return True

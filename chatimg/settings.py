@@ -271,6 +271,16 @@ IMAGE_STYLES = env_list("CHATIMG_IMAGE_STYLES", [])
 IMAGE_PRICES = env_prices("CHATIMG_IMAGE_PRICES")
 IMAGES_PER_DAY = env_int("CHATIMG_IMAGES_PER_DAY", 50, minimum=0)
 IMAGE_MAX_BYTES = env_int("CHATIMG_IMAGE_MAX_BYTES", 20 * 1024 * 1024, minimum=1024)
+# Images people attach to their messages (conversations/attachments.py, docs/images.md).
+UPLOAD_MAX_BYTES = env_int("CHATIMG_UPLOAD_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
+# Width x height after decoding; also Pillow's decompression-bomb limit for uploads.
+UPLOAD_MAX_PIXELS = env_int("CHATIMG_UPLOAD_MAX_PIXELS", 4096 * 4096, minimum=64 * 64)
+UPLOADS_PER_MESSAGE = env_int("CHATIMG_UPLOADS_PER_MESSAGE", 4, minimum=0)
+# Uploads never sent with a message are deleted after this long.
+UPLOAD_UNATTACHED_SECONDS = env_int("CHATIMG_UPLOAD_UNATTACHED_SECONDS", 86400, minimum=60)
+# The chat model reads images: attachments go to it as image parts (data URLs
+# built per request). Off: it is told "[image attachment <id>]" instead.
+VISION = env_bool("CHATIMG_VISION", False)
 LLM_TIMEOUT_SECONDS = env_float("CHATIMG_LLM_TIMEOUT", 60.0, minimum=1)
 IMAGE_TIMEOUT_SECONDS = env_float("CHATIMG_IMAGE_TIMEOUT", 120.0, minimum=1)
 LLM_MAX_RETRIES = env_int("CHATIMG_LLM_MAX_RETRIES", 2, minimum=0)

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from conversations import views
+from conversations import image_views, views
 
 urlpatterns = [
     path("", views.chat, name="chat"),
@@ -12,7 +12,16 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/", views.chat, name="conversation"),
     path("c/<uuid:conversation_id>/rename/", views.rename_conversation, name="rename_conversation"),
     path("c/<uuid:conversation_id>/delete/", views.delete_conversation, name="delete_conversation"),
+    path("images/", image_views.gallery, name="gallery"),
     path("images/<uuid:image_id>/", views.image, name="image"),
+    path("images/<uuid:image_id>/thumb/", image_views.image_thumbnail, name="image_thumbnail"),
+    path("attachments/", image_views.upload, name="upload_attachment"),
+    path("attachments/<uuid:attachment_id>/", image_views.attachment, name="attachment"),
+    path(
+        "attachments/<uuid:attachment_id>/thumb/",
+        image_views.attachment_thumbnail,
+        name="attachment_thumbnail",
+    ),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.revoke_token, name="revoke_token"),
     path("signup/", views.signup, name="signup"),

@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
         help="where to save images (default: ./%(default)s)",
     )
     parser.add_argument(
+        "--attach",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="attach an image (PNG, JPEG, WebP, GIF) to the message; repeatable",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print the raw frames, one per line, instead"
     )
     parser.add_argument(
@@ -80,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--continue needs --conversation")
         if args.prompt:
             parser.error("--continue takes no prompt")
+        if args.attach:
+            parser.error("--continue takes no --attach")
         return asyncio.run(
             run(
                 "",
@@ -105,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 conversation_id=conversation,
                 images_dir=args.images_dir,
                 raw=args.json,
+                attach=args.attach,
             )
         )
     except KeyboardInterrupt:

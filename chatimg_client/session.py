@@ -63,8 +63,12 @@ class ChatSession:
         err: TextIO | None = None,
         raw: bool = False,
         continue_answer: bool = False,
+        attach: list[Path] | None = None,
     ) -> None:
         self.prompt = prompt
+        # Images to upload (POST /attachments/) and send with the message.
+        self.attach = [Path(path) for path in attach or []]
+        self.attachment_ids: list[str] | None = None  # once uploaded
         # Carry on the conversation's last answer (cut at its length limit)
         # instead of sending `prompt`: only the new text is printed.
         self.continue_answer = continue_answer
@@ -92,6 +96,10 @@ class ChatSession:
     async def run(self) -> int:
         async with httpx2.AsyncClient(timeout=60) as http:
             self.http = http
+            if self.attach:
+                refused = await self._upload_all()
+                if refused is not None:
+                    return refused
             code = await self._connect_and_follow()
             # Downloads still running when the answer ended badly: let them finish.
             await asyncio.gather(*self.images.values())
@@ -187,13 +195,15 @@ class ChatSession:
         elif self.message_id is None and not self.continue_answer:
             # Not accepted yet (or the acceptance was lost): the same frame again,
             # which the server answers with `duplicate: true` if it got the first.
-            frame = {
+            send: dict[str, Any] = {
                 "type": "message.send",
                 "conversation_id": self.conversation_id,
                 "client_message_id": self.client_message_id,
                 "text": self.prompt,
             }
-            await ws.send(json.dumps(frame))
+            if self.attachment_ids:
+                send["attachments"] = self.attachment_ids
+            await ws.send(json.dumps(send))
         else:
             await self._subscribe(ws)
 
@@ -258,6 +268,51 @@ class ChatSession:
             "Create a new one at /tokens/ in the web app."
         )
         return EXIT_UNAUTHENTICATED
+
+    # --- attachments -----------------------------------------------------------
+
+    async def _upload_all(self) -> int | None:
+        """Upload every --attach file before the message goes; an exit code if one fails.
+
+        Uploads happen once: a resend after a reconnect reuses their ids.
+        """
+        assert self.http is not None
+        ids = []
+        for path in self.attach:
+            try:
+                content = await asyncio.to_thread(path.read_bytes)
+            except OSError as exc:
+                self._note(f"Cannot read {path}: {exc.strerror or exc}")
+                return EXIT_USAGE
+            kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            try:
+                response = await self.http.post(
+                    f"{self.base_url}/attachments/",
+                    headers={**self.headers, "Accept": "application/json"},
+                    files={"file": (path.name, content, kind)},
+                )
+            except httpx2.HTTPError as exc:
+                self._note(f"Could not upload {path}: {exc}")
+                return EXIT_NETWORK
+            if response.status_code == 401:
+                return self._unauthenticated()
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = {}
+            if response.status_code != 201:
+                error = payload.get("error") or {}
+                message = error.get("message") or f"HTTP {response.status_code}"
+                self._note(f"{path} was refused: {message} ({error.get('code', '')})")
+                return EXIT_REFUSED
+            attachment = payload["attachment"]
+            ids.append(attachment["id"])
+            self._note(
+                f"[attached {path} as {attachment['id']} "
+                f"({attachment['width']}x{attachment['height']})]"
+            )
+        self.attachment_ids = ids
+        return None
 
     # --- images ----------------------------------------------------------------
 
@@ -325,6 +380,7 @@ async def run(
     err: TextIO | None = None,
     raw: bool = False,
     continue_answer: bool = False,
+    attach: list[Path] | None = None,
 ) -> int:
     """Send `prompt` (or continue the last answer), stream the answer to `out`, save its
     images; returns an exit code."""
@@ -338,5 +394,6 @@ async def run(
         err=err,
         raw=raw,
         continue_answer=continue_answer,
+        attach=attach,
     )
     return await session.run()

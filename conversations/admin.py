@@ -15,7 +15,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from conversations.models import ApiToken, Conversation, GeneratedImage, Message, ToolInvocation
+from conversations.models import (
+    ApiToken,
+    Attachment,
+    Conversation,
+    GeneratedImage,
+    Message,
+    ToolInvocation,
+)
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -30,6 +37,37 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
+def _thumbnail(url: str, alt: str, size: int = 96) -> str:
+    """A small stored WebP (conversations/thumbnails.py), never the full PNG scaled down."""
+    return format_html(
+        '<img src="{}" alt="{}" width="{}" height="{}" loading="lazy" '
+        'style="object-fit:cover;border-radius:4px">',
+        url,
+        alt,
+        size,
+        size,
+    )
+
+
+class AttachmentInline(ReadOnlyInline):
+    model = Attachment
+    fields = ["picture", "owner", "message", "width", "height", "bytes", "created_at"]
+    readonly_fields = ["picture", "owner", "message", "width", "height", "bytes", "created_at"]
+
+    @admin.display(description="Image")
+    def picture(self, obj: Attachment) -> str:
+        return format_html(
+            '<a href="{}" target="_blank" rel="noopener">{}</a>',
+            obj.get_absolute_url(),
+            _thumbnail(reverse("attachment_thumbnail", args=[obj.pk]), "Attached image", 64),
+        )
+
+
+class MessageAttachmentInline(AttachmentInline):
+    fields = ["picture", "width", "height", "bytes", "sha256", "created_at"]
+    readonly_fields = ["picture", "width", "height", "bytes", "sha256", "created_at"]
+
+
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = ["__str__", "user", "updated_at", "created_at"]
@@ -39,11 +77,21 @@ class ConversationAdmin(admin.ModelAdmin):
     readonly_fields = ["id", "user", "created_at", "updated_at", "transcript"]
     date_hierarchy = "updated_at"
     show_full_result_count = False
+    inlines = [AttachmentInline]
+
+    class Media:
+        # The transcript reuses the page's image cards: this makes their Enlarge
+        # buttons open the picture (chat.js, with its lightbox, is not loaded here).
+        js = ["conversations/admin_transcript.js"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A conversation is what someone said in the chat; staff do not make them up.
+        return False
 
     @admin.display(description="Conversation")
     def transcript(self, obj: Conversation) -> str:
         """The conversation as it reads in the chat: text, tool calls, images."""
-        messages = obj.messages.prefetch_related("tool_invocations__image")
+        messages = obj.messages.prefetch_related("tool_invocations__image", "attachments")
         return render_to_string("admin/conversations/transcript.html", {"messages": messages})
 
 
@@ -60,7 +108,7 @@ class MessageAdmin(admin.ModelAdmin):
     list_select_related = ["conversation"]
     search_fields = ["text"]
     readonly_fields = [f.name for f in Message._meta.fields]
-    inlines = [ToolInvocationInline]
+    inlines = [ToolInvocationInline, MessageAttachmentInline]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -122,7 +170,7 @@ class GeneratedImageAdmin(admin.ModelAdmin):
         "format",
         "bytes",
         "sha256",
-        "file",
+        "file_link",
         "latency_ms",
         "cost_usd",
         "created_at",
@@ -166,11 +214,18 @@ class GeneratedImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="Image")
     def thumbnail(self, obj: GeneratedImage) -> str:
+        return _thumbnail(reverse("image_thumbnail", args=[obj.pk]), obj.prompt[:100])
+
+    @admin.display(description="File")
+    def file_link(self, obj: GeneratedImage) -> str:
+        """The object key, linked through the app's image URL (a storage URL would 404:
+        local media is never served, and a bucket is private)."""
         return format_html(
-            '<img src="{}" alt="{}" width="96" height="96" loading="lazy" '
-            'style="object-fit:cover;border-radius:4px">',
+            '<a href="{}" target="_blank" rel="noopener">{}</a> · '
+            '<a href="{}?download=1">download</a>',
             obj.get_absolute_url(),
-            obj.prompt[:100],
+            obj.file.name,
+            obj.get_absolute_url(),
         )
 
     @admin.display(description="Image")
@@ -212,3 +267,53 @@ class ApiTokenAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
+
+
+@admin.register(Attachment)
+class AttachmentAdmin(admin.ModelAdmin):
+    """Images people uploaded with their messages (read-only: they are the users' own)."""
+
+    list_display = ["picture", "owner", "conversation", "width", "height", "bytes", "created_at"]
+    list_display_links = ["picture"]
+    list_select_related = ["owner", "conversation"]
+    list_filter = [("message", admin.EmptyFieldListFilter), "created_at"]
+    search_fields = ["owner__username", "sha256"]
+    ordering = ["-created_at"]
+    show_full_result_count = False
+    fields = [
+        "preview",
+        "owner",
+        "conversation",
+        "message",
+        "format",
+        "width",
+        "height",
+        "bytes",
+        "sha256",
+        "key",
+        "created_at",
+        "attached_at",
+    ]
+    readonly_fields = [f for f in fields if isinstance(f, str)]  # all: plain names
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    @admin.display(description="Image")
+    def picture(self, obj: Attachment) -> str:
+        return _thumbnail(reverse("attachment_thumbnail", args=[obj.pk]), "Attached image")
+
+    @admin.display(description="Image")
+    def preview(self, obj: Attachment) -> str:
+        return format_html(
+            '<a href="{0}" target="_blank" rel="noopener"><img src="{0}" alt="" '
+            'style="max-width:512px;height:auto"></a>',
+            obj.get_absolute_url(),
+        )
+
+    @admin.display(description="Storage key")
+    def key(self, obj: Attachment) -> str:
+        return str(obj.file.name)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db.models import prefetch_related_objects
 
 from chatimg.layers import FastDispatchConsumer
 from conversations import access, dbpool, frames, limits, protocol, runtime
@@ -85,7 +86,11 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
             await runtime.publish(
                 conversation.pk,
                 protocol.message_created(
-                    conversation.pk, question.pk, frame.client_message_id, frame.text
+                    conversation.pk,
+                    question.pk,
+                    frame.client_message_id,
+                    frame.text,
+                    [item.summary() for item in question.attachments.all()],
                 ),
             )
             await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user))
@@ -98,6 +103,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
                 duplicate=not created,
                 title=conversation.title or Conversation.title_from(frame.text),
                 url=conversation.get_absolute_url(),
+                attachments=[item.summary() for item in question.attachments.all()],
             )
         )
         if not created:
@@ -107,9 +113,16 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         """One trip to a database thread: credentials, the rate limit, the turn."""
         self.credentials.verify()  # a revoked credential starts nothing new
         limits.count_send(self.user.pk)
-        return Conversation.objects.start_turn(
-            self.user, frame.conversation_id, frame.client_message_id, frame.text
+        conversation, question, answer, created = Conversation.objects.start_turn(
+            self.user,
+            frame.conversation_id,
+            frame.client_message_id,
+            frame.text,
+            list(dict.fromkeys(frame.attachments)),
         )
+        # Read here, on the database thread: the frames above need them.
+        prefetch_related_objects([question], "attachments")
+        return conversation, question, answer, created
 
     async def on_turn_regenerate(self, frame: frames.ConversationFrame) -> None:
         runtime.refuse_if_draining()

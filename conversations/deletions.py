@@ -2,7 +2,9 @@
 
 Each server process retries what is due every CHATIMG_DELETION_RETRY_SECONDS,
 off the event loop and off the ORM thread (storage calls block). `cleanup_images`
-reports what is still owed and retries it too (docs/security.md).
+reports what is still owed and retries it too (docs/security.md). The same
+loop deletes uploads older than CHATIMG_UPLOAD_UNATTACHED_SECONDS that were
+never sent with a message.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from conversations.models import PendingDeletion
+from conversations.models import Attachment, PendingDeletion
 
 log = logging.getLogger(__name__)
 
 
 def _retry_once() -> int:
     try:
+        # Uploads never sent with a message are owed a deletion too (after a day).
+        Attachment.objects.purge_unattached()
         return PendingDeletion.objects.retry_due()
     finally:
         close_old_connections()  # this worker thread's connection must not go stale

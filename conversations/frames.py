@@ -121,6 +121,8 @@ class SendFrame(_Frame):
     client_message_id: StrictStr = Field(min_length=1, max_length=64)
     text: StrictStr = Field(pattern=r"\S")
     conversation_id: uuid.UUID | None = None
+    # Ids of the sender's own uploads (POST /attachments/), not yet sent with a message.
+    attachments: list[uuid.UUID] = Field(default_factory=list, max_length=64)
 
 
 class ConversationFrame(_Frame):
@@ -171,6 +173,11 @@ def parse(text_data: str | None) -> ClientFrame:
     if isinstance(frame, SendFrame) and len(frame.text) > settings.MAX_MESSAGE_CHARS:
         raise FrameError(
             "message_too_long", f"Messages are limited to {settings.MAX_MESSAGE_CHARS} characters."
+        )
+    if isinstance(frame, SendFrame) and len(set(frame.attachments)) > settings.UPLOADS_PER_MESSAGE:
+        raise FrameError(
+            "too_many_attachments",
+            f"A message may carry at most {settings.UPLOADS_PER_MESSAGE} images.",
         )
     return frame
 

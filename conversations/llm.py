@@ -89,7 +89,7 @@ def model_messages(history: list[Message]) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = [{"role": "system", "content": settings.SYSTEM_PROMPT}]
     for message in history:
         if message.role == Message.Role.USER:
-            messages.append({"role": "user", "content": message.text})
+            messages.append({"role": "user", "content": user_content(message)})
             continue
         pending_calls: list[ToolInvocation] = []
         text_before_calls = ""
@@ -107,6 +107,29 @@ def model_messages(history: list[Message]) -> list[dict[str, Any]]:
         if pending_calls:
             _append_tool_round(messages, text_before_calls, pending_calls)
     return messages
+
+
+def user_content(message: Message) -> str | list[dict[str, Any]]:
+    """A question as the model reads it, with the images the user attached.
+
+    Each upload is named by its id ("[image attachment <id>]") so that the
+    model can pass it to an edit. With CHATIMG_VISION the pictures go along
+    as image parts whose data URLs are built for this request only (read
+    from storage now, never stored). Generated images never go back.
+    """
+    from conversations import attachments
+
+    uploads = list(message.attachments.all())  # prefetched by Conversation.history
+    if not uploads:
+        return message.text
+    names = " ".join(attachments.placeholder(upload) for upload in uploads)
+    text = f"{message.text}\n\n{names}"
+    if not settings.VISION:
+        return text
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    for upload in uploads:
+        parts.append({"type": "image_url", "image_url": {"url": attachments.data_url(upload)}})
+    return parts
 
 
 def _append_tool_round(

@@ -73,13 +73,30 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
         return conversation
 
     def start_turn(
-        self, user: Any, conversation_id: uuid.UUID | None, client_message_id: str, text: str
+        self,
+        user: Any,
+        conversation_id: uuid.UUID | None,
+        client_message_id: str,
+        text: str,
+        attachments: list[uuid.UUID] | None = None,
     ) -> tuple[Conversation, Message, Message, bool]:
         """Store a question and open its answer: (conversation, question, answer, created).
 
         A send without a conversation starts one (titled by the message),
         unless it is a resend of such a send; see Conversation.begin_turn.
+        A refused attachment stores nothing, not even the new conversation.
         """
+        with transaction.atomic():
+            return self._start_turn(user, conversation_id, client_message_id, text, attachments)
+
+    def _start_turn(
+        self,
+        user: Any,
+        conversation_id: uuid.UUID | None,
+        client_message_id: str,
+        text: str,
+        attachments: list[uuid.UUID] | None,
+    ) -> tuple[Conversation, Message, Message, bool]:
         fresh = False
         if conversation_id is not None:
             conversation = self.owned(user, conversation_id)
@@ -94,7 +111,9 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
             else:
                 conversation = self.create(user=user, title=Conversation.title_from(text))
                 fresh = True
-        return conversation, *conversation.begin_turn(text, client_message_id, touch=not fresh)
+        return conversation, *conversation.begin_turn(
+            text, client_message_id, touch=not fresh, attachments=attachments
+        )
 
     def page(
         self, cursor: tuple[Any, uuid.UUID] | None, size: int
@@ -151,7 +170,7 @@ class Conversation(models.Model):
         """The finished messages that make up the model's context, oldest first."""
         recent = (
             self.messages.exclude(status=Message.Status.STREAMING)
-            .prefetch_related("tool_invocations__image")
+            .prefetch_related("tool_invocations__image", "attachments")
             .order_by("-id")[: settings.HISTORY_MESSAGES]
         )
         return list(reversed(recent))
@@ -178,7 +197,12 @@ class Conversation(models.Model):
         return latest, latest.body_html()
 
     def begin_turn(
-        self, text: str, client_message_id: str, *, touch: bool = True
+        self,
+        text: str,
+        client_message_id: str,
+        *,
+        touch: bool = True,
+        attachments: list[uuid.UUID] | None = None,
     ) -> tuple[Message, Message, bool]:
         """Store the user's message and open the assistant's answer to it.
 
@@ -187,6 +211,8 @@ class Conversation(models.Model):
         so a reconnecting client can never start a second turn by retrying.
         `touch=False` skips bumping the conversation (one write fewer for a
         conversation created for this very message, with its title).
+        `attachments`: ids of the owner's unattached uploads, claimed by the
+        question (AttachmentNotFound stores nothing).
         """
         existing = self._accepted(client_message_id)
         if existing:
@@ -199,6 +225,7 @@ class Conversation(models.Model):
                     text=text,
                     client_message_id=client_message_id,
                 )
+                Attachment.objects.claim(self.user_id, user_message, attachments or [])
                 assistant = self._open_answer(user_message)
                 if touch:
                     fields: dict[str, Any] = {"updated_at": timezone.now()}
@@ -629,10 +656,137 @@ def delete_image_object(sender: type, instance: GeneratedImage, **kwargs: Any) -
     (PendingDeletion.objects.retry_due). Identical bytes are stored once:
     an object another row still uses is kept.
     """
-    name = instance.file.name
-    if name:
-        PendingDeletion.objects.get_or_create(key=name)
-        transaction.on_commit(lambda: PendingDeletion.objects.settle([name]))
+    # The thumbnail is per row (keyed by its id), even when the bytes are shared.
+    keys = [key for key in (instance.file.name, thumbnail_key("i", instance.id)) if key]
+    for key in keys:
+        PendingDeletion.objects.get_or_create(key=key)
+    transaction.on_commit(lambda: PendingDeletion.objects.settle(keys))
+
+
+def attachment_key(instance: Attachment, filename: str) -> str:
+    """An unguessable key of its own folder (cleanup_images lists images/ only)."""
+    return f"uploads/{instance.id.hex[:2]}/{instance.id.hex}.{instance.format or 'png'}"
+
+
+def thumbnail_key(kind: str, pk: uuid.UUID) -> str:
+    """The small WebP made once for an image or an upload (conversations/thumbnails.py).
+
+    Derived from the row's own unguessable id, so no column is needed to find it.
+    """
+    return f"thumbs/{kind}/{pk.hex[:2]}/{pk.hex}.webp"
+
+
+class AttachmentNotFound(ChatimgError):
+    """An attachment id that is not the sender's own unattached upload."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "attachment_not_found", "An attached image is no longer available; attach it again."
+        )
+
+
+class AttachmentQuerySet(models.QuerySet["Attachment"]):
+    def visible_to(self, user: Any) -> AttachmentQuerySet:
+        """What a person may be served: staff see everything, owners their own."""
+        return self if user.is_staff else self.filter(owner=user)
+
+    def claim(self, user: Any, message: Message, ids: list[uuid.UUID]) -> list[Attachment]:
+        """Attach the user's own unattached uploads to their message, or AttachmentNotFound.
+
+        Conditional (one UPDATE): an id that is someone else's, already sent,
+        or missing fails the whole send; the caller's transaction then stores
+        nothing. Run inside that transaction.
+        """
+        wanted = set(ids)
+        if not wanted:
+            return []
+        claimed = self.filter(pk__in=wanted, owner=user, message=None).update(
+            message=message, conversation_id=message.conversation_id, attached_at=timezone.now()
+        )
+        if claimed != len(wanted):
+            raise AttachmentNotFound
+        return list(self.filter(pk__in=wanted))
+
+    def purge_unattached(self, older_than: timedelta | None = None) -> int:
+        """Delete uploads never sent with a message (their objects go too); returns how many."""
+        age = older_than or timedelta(seconds=settings.UPLOAD_UNATTACHED_SECONDS)
+        stale = self.filter(message=None, created_at__lt=timezone.now() - age)
+        count = 0
+        for attachment in stale[:500]:
+            attachment.delete()
+            count += 1
+        return count
+
+
+class Attachment(models.Model):
+    """An image a user uploaded to send with a message (conversations/attachments.py).
+
+    Created unattached by the upload; the send of a message claims it (message
+    and conversation set). Deleted with its message or conversation, object too.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="attachments"
+    )
+    conversation = models.ForeignKey(
+        Conversation,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="attachments",
+    )
+    message = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.CASCADE, related_name="attachments"
+    )
+    # The storage key only: the (re-encoded, metadata-free) bytes live in object storage.
+    file = models.FileField(upload_to=attachment_key, max_length=200)
+    format = models.CharField(max_length=10)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    bytes = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    attached_at = models.DateTimeField(null=True, blank=True)
+
+    objects = AttachmentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(
+                fields=["created_at"], condition=Q(message=None), name="attachment_unattached"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"upload {str(self.id)[:8]} ({self.width}x{self.height})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("attachment", args=[self.id])
+
+    @property
+    def content_type(self) -> str:
+        return "image/jpeg" if self.format == "jpg" else f"image/{self.format}"
+
+    def summary(self) -> dict[str, Any]:
+        """The upload as clients see it: its app URL, never a storage URL."""
+        return {
+            "id": str(self.id),
+            "url": self.get_absolute_url(),
+            "width": self.width,
+            "height": self.height,
+            "bytes": self.bytes,
+        }
+
+
+@receiver(post_delete, sender=Attachment)
+def delete_attachment_object(sender: type, instance: Attachment, **kwargs: Any) -> None:
+    """Like delete_image_object: the object (and its thumbnail) is owed, then deleted."""
+    keys = [key for key in (instance.file.name, thumbnail_key("a", instance.id)) if key]
+    for key in keys:
+        PendingDeletion.objects.get_or_create(key=key)
+    transaction.on_commit(lambda: PendingDeletion.objects.settle(keys))
 
 
 class PendingDeletionQuerySet(models.QuerySet["PendingDeletion"]):
@@ -651,7 +805,10 @@ class PendingDeletionQuerySet(models.QuerySet["PendingDeletion"]):
         return owed
 
     def _settle_one(self, key: str) -> bool:
-        if GeneratedImage.objects.filter(file=key).exists():
+        if (
+            GeneratedImage.objects.filter(file=key).exists()
+            or Attachment.objects.filter(file=key).exists()
+        ):
             self.filter(key=key).delete()  # still in use (a shared object): keep it
             return True
         try:

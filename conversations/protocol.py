@@ -67,6 +67,17 @@ CODES: dict[str, Code] = {
     ),
     "not_found": Code("This conversation no longer exists.", retryable=False),
     "server_draining": Code("The server is restarting; your message will be sent again."),
+    # Attachments (message.send) and uploads (POST /attachments/, JSON errors).
+    "attachment_not_found": Code(
+        "An attached image is no longer available; attach it again.", retryable=False
+    ),
+    "too_many_attachments": Code("That message has too many images attached.", retryable=False),
+    "upload_too_large": Code("That image file is too large.", retryable=False),
+    "upload_too_many_pixels": Code("That image has too many pixels.", retryable=False),
+    "upload_bomb": Code("That image declares far more pixels than it holds.", retryable=False),
+    "upload_not_image": Code("That file is not a PNG, JPEG, WebP or GIF image.", retryable=False),
+    "quota_exceeded": Code("You have used all your images for today.", retryable=False),
+    "storage_unavailable": Code("The image could not be saved; try again."),
     "": Code("Something went wrong."),
 }
 
@@ -250,7 +261,11 @@ def session_ready(user: str, limits: dict[str, int]) -> str:
 
 
 def message_created(
-    conversation_id: uuid.UUID, message_id: int, client_message_id: str, text: str
+    conversation_id: uuid.UUID,
+    message_id: int,
+    client_message_id: str,
+    text: str,
+    attachments: list[dict[str, Any]] | None = None,
 ) -> str:
     return encode(
         "message.created",
@@ -258,6 +273,7 @@ def message_created(
         message_id=message_id,
         client_message_id=client_message_id,
         text=text,
+        attachments=attachments or [],
     )
 
 
@@ -270,6 +286,7 @@ def message_accepted(
     duplicate: bool,
     title: str,
     url: str,
+    attachments: list[dict[str, Any]] | None = None,
 ) -> str:
     return encode(
         "message.accepted",
@@ -279,6 +296,7 @@ def message_accepted(
         assistant_message_id=assistant_message_id,
         duplicate=duplicate,
         conversation={"id": str(conversation_id), "title": title, "url": url},
+        attachments=attachments or [],
     )
 
 

@@ -75,7 +75,11 @@ def message_html(message: Message, invocations: list[ToolInvocation] | None = No
     `invocations`: the message's tool invocations, when the caller has them.
     """
     if message.role == "user":
-        return render_to_string("conversations/_user_text.html", {"text": message.text})
+        return render_to_string(
+            "conversations/_user_text.html",
+            # Prefetched by the pages that show many messages (chat view, admin).
+            {"text": message.text, "attachments": message.attachments.all()},
+        )
     parts = [
         {
             "html": mark_safe(markdown_html(text)) if text.strip() else "",  # noqa: S308 (sanitised)

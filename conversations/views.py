@@ -79,7 +79,8 @@ def chat(
             return render(request, "404.html", status=404)
         messages = list(
             conversation.messages.prefetch_related(
-                Prefetch("tool_invocations__image", queryset=GeneratedImage.objects.all())
+                Prefetch("tool_invocations__image", queryset=GeneratedImage.objects.all()),
+                "attachments",
             )
         )
         for message in messages:
@@ -94,6 +95,8 @@ def chat(
             "conversation": conversation,
             "chat_messages": messages,
             "max_message_chars": settings.MAX_MESSAGE_CHARS,
+            "upload_max_bytes": settings.UPLOAD_MAX_BYTES,
+            "uploads_per_message": settings.UPLOADS_PER_MESSAGE,
             "images_left": ImageQuota.objects.remaining(request.user),
             "error_texts": ERROR_TEXTS,
         },

@@ -2,6 +2,7 @@
 // wires the socket to the thread (thread.js), the composer (composer.js) and the
 // conversation list (sidebar.js); each of those owns its part of the page.
 
+import * as attachments from "./attachments.js";
 import * as composer from "./composer.js";
 import { confirmCopied, copyText, newId } from "./dom.js";
 import { openLightbox } from "./lightbox.js";
@@ -21,6 +22,7 @@ const ANNOUNCE_CHARS = 1000;
 
 let conversationId = main.dataset.conversationId || null;
 const unacked = new Map(); // client_message_id -> message.send frame, resent after a reconnect
+const attachedTo = new Map(); // client_message_id -> its attachments, back to the tray if refused
 const resyncing = new Set(); // answers we asked the server to resend (after a gap)
 let regenerating = false; // a turn.regenerate or turn.continue is on its way
 
@@ -137,6 +139,7 @@ const handlers = {
   },
   "message.accepted": (frame) => {
     unacked.delete(frame.client_message_id);
+    attachedTo.delete(frame.client_message_id);
     const mine = threadEl.querySelector(
       `article.msg-user[data-client-id="${CSS.escape(frame.client_message_id)}"]`,
     );
@@ -163,6 +166,7 @@ const handlers = {
     );
     if (known) return;
     const article = thread.addUserMessage(frame.text, frame.client_message_id);
+    attachments.render(article, frame.attachments);
     article.dataset.messageId = String(frame.message_id);
     article.classList.remove("is-pending");
   },
@@ -234,6 +238,8 @@ const handlers = {
       // Refused, so not stored: take the message back out of the thread and into the box.
       const { text } = unacked.get(frame.ref);
       unacked.delete(frame.ref);
+      attachments.restore(attachedTo.get(frame.ref));
+      attachedTo.delete(frame.ref);
       threadEl.querySelector(`article.msg-user[data-client-id="${CSS.escape(frame.ref)}"]`)?.remove();
       composer.fill(text);
     } else {
@@ -269,14 +275,22 @@ window.chatimg = {
 
 function send(text) {
   hideError();
+  if (attachments.uploading()) {
+    composer.fill(text);
+    showError("", "Wait a moment: an image is still uploading.");
+    return;
+  }
   const clientId = newId();
+  const attached = attachments.take();
   const frame = {
     type: "message.send",
     conversation_id: conversationId,
     client_message_id: clientId,
     text,
   };
-  thread.addUserMessage(text, clientId);
+  if (attached.length) frame.attachments = attached.map((item) => item.id);
+  attachments.render(thread.addUserMessage(text, clientId), attached);
+  if (attached.length) attachedTo.set(clientId, attached);
   unacked.set(clientId, frame);
   connection.send(frame); // if the socket is down, session.ready resends it
   thread.scrollToEnd();
@@ -324,6 +338,7 @@ threadEl.addEventListener("click", async (event) => {
 });
 
 sidebar.init({ conversationId, reportError: showError });
+attachments.init({ reportError: showError, quota: setImagesLeft });
 composer.init({
   conversationId,
   onSend: send,
@@ -335,6 +350,7 @@ thread.enhance(threadEl);
 thread.tickElapsed();
 refreshControls();
 thread.scrollToEnd();
+attachments.revealAnchor(); // opened from the gallery at one image
 // Not on touch screens: focusing would pop up the keyboard over the conversation.
 if (matchMedia("(pointer: fine)").matches) composer.focus();
 connection.connect();

@@ -134,7 +134,7 @@ class GeneratedImageAdmin(admin.ModelAdmin):
     """The moderators' review list: fast with thousands of rows (no N+1, one COUNT)."""
 
     list_display = [
-        "thumbnail",
+        "picture",
         "prompts",
         "user",
         "conversation_link",
@@ -143,7 +143,7 @@ class GeneratedImageAdmin(admin.ModelAdmin):
         "review_status",
         "created_at",
     ]
-    list_display_links = ["thumbnail"]
+    list_display_links = ["picture"]
     list_filter = [ReviewFilter, "model", ("user", admin.RelatedOnlyFieldListFilter), "created_at"]
     list_select_related = ["user", "conversation"]
     list_per_page = 50
@@ -213,7 +213,7 @@ class GeneratedImageAdmin(admin.ModelAdmin):
         self._review(request, queryset, GeneratedImage.Review.HIDDEN)
 
     @admin.display(description="Image")
-    def thumbnail(self, obj: GeneratedImage) -> str:
+    def picture(self, obj: GeneratedImage) -> str:
         return _thumbnail(reverse("image_thumbnail", args=[obj.pk]), obj.prompt[:100])
 
     @admin.display(description="File")

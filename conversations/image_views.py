@@ -135,7 +135,7 @@ def attachment_thumbnail(
     item = Attachment.objects.visible_to(request.user).filter(pk=attachment_id).first()
     if item is None:
         raise Http404("No such attachment.")
-    key = thumbnails.ensure("a", item.pk, str(item.file.name))
+    key = thumbnails.ensure(item)
     return serve_object(key, "image/webp", f"chatimg-upload-{str(item.pk)[:8]}-small.webp")
 
 
@@ -146,12 +146,12 @@ def image_thumbnail(request: AuthenticatedHttpRequest, image_id: uuid.UUID) -> H
     picture = (
         GeneratedImage.objects.visible_to(request.user)
         .filter(pk=image_id)
-        .only("id", "file")
+        .only("id", "file", "thumbnail")
         .first()
     )
     if picture is None:
         raise Http404("No such image.")
-    key = thumbnails.ensure("i", picture.pk, str(picture.file.name))
+    key = thumbnails.ensure(picture)
     return serve_object(key, "image/webp", f"chatimg-{str(picture.pk)[:8]}-small.webp")
 
 

@@ -596,6 +596,8 @@ class GeneratedImage(models.Model):
     prompt = models.TextField()
     revised_prompt = models.TextField(blank=True)
     latency_ms = models.PositiveIntegerField(default=0)
+    # The key of its small WebP once one was made (conversations/thumbnails.py).
+    thumbnail = models.CharField(max_length=200, blank=True, editable=False)
     # Only when the operator configured the provider's price (CHATIMG_IMAGE_PRICES).
     cost_usd = models.DecimalField(max_digits=8, decimal_places=4, null=True, blank=True)
     review_status = models.CharField(
@@ -657,7 +659,7 @@ def delete_image_object(sender: type, instance: GeneratedImage, **kwargs: Any) -
     an object another row still uses is kept.
     """
     # The thumbnail is per row (keyed by its id), even when the bytes are shared.
-    keys = [key for key in (instance.file.name, thumbnail_key("i", instance.id)) if key]
+    keys = [key for key in (instance.file.name, instance.thumbnail) if key]
     for key in keys:
         PendingDeletion.objects.get_or_create(key=key)
     transaction.on_commit(lambda: PendingDeletion.objects.settle(keys))
@@ -669,9 +671,9 @@ def attachment_key(instance: Attachment, filename: str) -> str:
 
 
 def thumbnail_key(kind: str, pk: uuid.UUID) -> str:
-    """The small WebP made once for an image or an upload (conversations/thumbnails.py).
+    """Where the small WebP of an image or an upload goes (conversations/thumbnails.py).
 
-    Derived from the row's own unguessable id, so no column is needed to find it.
+    Derived from the row's own unguessable id; the row records it once it exists.
     """
     return f"thumbs/{kind}/{pk.hex[:2]}/{pk.hex}.webp"
 
@@ -746,6 +748,7 @@ class Attachment(models.Model):
     height = models.PositiveIntegerField()
     bytes = models.PositiveIntegerField()
     sha256 = models.CharField(max_length=64)
+    thumbnail = models.CharField(max_length=200, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     attached_at = models.DateTimeField(null=True, blank=True)
 
@@ -783,7 +786,7 @@ class Attachment(models.Model):
 @receiver(post_delete, sender=Attachment)
 def delete_attachment_object(sender: type, instance: Attachment, **kwargs: Any) -> None:
     """Like delete_image_object: the object (and its thumbnail) is owed, then deleted."""
-    keys = [key for key in (instance.file.name, thumbnail_key("a", instance.id)) if key]
+    keys = [key for key in (instance.file.name, instance.thumbnail) if key]
     for key in keys:
         PendingDeletion.objects.get_or_create(key=key)
     transaction.on_commit(lambda: PendingDeletion.objects.settle(keys))

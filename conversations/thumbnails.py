@@ -2,27 +2,27 @@
 
 The admin's review list and the gallery show dozens of pictures at once: the
 full PNGs scaled by the browser would be megabytes each. The first request for
-a thumbnail makes it (Pillow, off the event loop in a sync view) and stores it
-under its own key (models.thumbnail_key, derived from the row's unguessable
-id); every later request serves the stored copy. The thumbnail is deleted
-with its row, through the same PendingDeletion debt as the image.
+a thumbnail makes it (Pillow, in a sync view) and stores it under its own key
+(models.thumbnail_key, derived from the row's unguessable id), which the row
+then records (`thumbnail`); later requests serve the stored copy without
+asking storage first. The thumbnail is deleted with its row, through the same
+PendingDeletion debt as the picture.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import uuid
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image
 
-from conversations.models import thumbnail_key
+from conversations.models import Attachment, GeneratedImage, thumbnail_key
 
 log = logging.getLogger(__name__)
 
-#: The longest side of a thumbnail, in pixels (the admin shows 96, at 2x density 192).
+#: The longest side of a thumbnail, in pixels (the admin shows 96 px, the gallery ~200).
 SIZE = 256
 
 
@@ -36,16 +36,18 @@ def render(source: bytes) -> bytes:
     return out.getvalue()
 
 
-def ensure(kind: str, pk: uuid.UUID, source_key: str) -> str:
-    """The storage key of the thumbnail, made now if it does not exist yet. Blocks."""
-    key = thumbnail_key(kind, pk)
-    if default_storage.exists(key):
-        return key
-    with default_storage.open(source_key) as handle:
+def ensure(row: GeneratedImage | Attachment) -> str:
+    """The storage key of the row's thumbnail, made now if there is none yet. Blocks."""
+    if row.thumbnail:
+        return row.thumbnail
+    key = thumbnail_key("a" if isinstance(row, Attachment) else "i", row.pk)
+    with default_storage.open(str(row.file.name)) as handle:
         data = render(handle.read())
     saved = default_storage.save(key, ContentFile(data))
     if saved != key:
         # Two first views at once, on a storage that renames instead of overwriting:
         # keep the one under the real key, drop the copy nobody would ever delete.
         default_storage.delete(saved)
+    type(row).objects.filter(pk=row.pk).update(thumbnail=key)
+    row.thumbnail = key
     return key

@@ -148,7 +148,8 @@ def test_staff_review_generated_images_in_the_admin(make_user: Any) -> None:
     listing = client.get("/admin/conversations/generatedimage/?q=lighthouse")
     assert listing.status_code == 200
     page = listing.content.decode()
-    assert f'<img src="/images/{image.id}/"' in page  # a real thumbnail
+    # A stored thumbnail made once (conversations/thumbnails.py), not the full PNG.
+    assert f'<img src="/images/{image.id}/thumb/"' in page
     assert "a lighthouse" in page and "alice" in page and "gpt-image-test" in page
     assert (
         client.get("/admin/conversations/generatedimage/?q=volcano")

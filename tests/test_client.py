@@ -421,3 +421,55 @@ async def test_an_answer_cut_at_its_length_limit_is_carried_on_with_continue(
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stdout == "in slowly.\n"  # only what is new
     assert latest_answer(app, conversation) == "The tide came in slowly."
+
+
+async def test_attach_uploads_each_file_and_sends_it_with_the_message(
+    app: AppServer, tokens: dict[str, str], model: OfflineModelServer, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    paths = []
+    for n, color in enumerate(((250, 0, 0), (0, 0, 250))):
+        path = tmp_path / f"photo{n}.png"
+        Image.new("RGB", (40 + n, 30), color).save(path)
+        paths.append(path)
+    model.script_chat(Reply(tokens=["Two", " pictures."]))
+    out, err = io.StringIO(), io.StringIO()
+
+    code = await run(
+        "what are these?", url=app.url, token=tokens["laptop"], attach=paths, out=out, err=err
+    )
+
+    assert code == EXIT_OK, err.getvalue()
+    conversation = conversation_of(err.getvalue())
+    with sqlite3.connect(app.db_path) as db:
+        rows = db.execute(
+            "SELECT a.id, a.width, m.text FROM conversations_attachment a "
+            "JOIN conversations_message m ON m.id = a.message_id "
+            "WHERE a.conversation_id = ? ORDER BY a.width",
+            (uuid.UUID(conversation).hex,),
+        ).fetchall()
+    assert [(width, text) for _, width, text in rows] == [
+        (40, "what are these?"),
+        (41, "what are these?"),
+    ]
+    # The model was told of both, by id.
+    said = model.chat_requests()[-1].body["messages"][-1]["content"]
+    for attachment_id, _, _ in rows:
+        assert f"[image attachment {uuid.UUID(attachment_id)}]" in said
+    assert "[attached " in err.getvalue()
+
+
+def test_attach_of_a_file_that_is_not_an_image_is_refused_before_sending(
+    app: AppServer, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    fake = tmp_path / "notes.png"
+    fake.write_text("not a picture")
+    result = client_command(
+        "--url", app.url, "--token", tokens["laptop"], "--attach", str(fake), "hello"
+    )
+    assert result.returncode == 4, result.stderr  # EXIT_REFUSED
+    assert "upload_not_image" in result.stderr
+    with sqlite3.connect(app.db_path) as db:
+        sent = db.execute("SELECT count(*) FROM conversations_message WHERE text = 'hello'")
+        assert sent.fetchone()[0] == 0

@@ -238,7 +238,8 @@ const handlers = {
       // Refused, so not stored: take the message back out of the thread and into the box.
       const { text } = unacked.get(frame.ref);
       unacked.delete(frame.ref);
-      attachments.restore(attachedTo.get(frame.ref));
+      // Back into the tray to send again, unless they were the reason (not found).
+      if (frame.code !== "attachment_not_found") attachments.restore(attachedTo.get(frame.ref));
       attachedTo.delete(frame.ref);
       threadEl.querySelector(`article.msg-user[data-client-id="${CSS.escape(frame.ref)}"]`)?.remove();
       composer.fill(text);

@@ -75,6 +75,11 @@ async function upload(file) {
     return;
   }
   if (!chip.isConnected) return; // removed while it was uploading
+  if (response.redirected || (response.ok && !payload.attachment)) {
+    // Sent to the login page: the session ended.
+    fail(chip, "unauthenticated", "Log in again to attach images.");
+    return;
+  }
   if (!response.ok) {
     fail(chip, payload.error?.code || "", payload.error?.message || `The upload failed (${response.status}).`);
     return;

@@ -30,12 +30,13 @@ DROP = """([selector, kind, name, data]) => {
   const transfer = new DataTransfer();
   transfer.items.add(new File([bytes], name, { type: "image/png" }));
   const target = document.querySelector(selector);
+  const options = { bubbles: true, cancelable: true };
   if (kind === "paste") {
-    target.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true }));
+    target.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, ...options }));
     return;
   }
   for (const type of ["dragenter", "dragover", "drop"]) {
-    target.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    target.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, ...options }));
   }
 }"""
 
@@ -193,7 +194,11 @@ def test_staff_see_stored_thumbnails_in_the_admin(
     model: OfflineModelServer,
     shoot: Callable[..., None],
 ) -> None:
-    query(app_server, "UPDATE auth_user SET is_staff = 1, is_superuser = 1 WHERE username = ?", user)
+    query(
+        app_server,
+        "UPDATE auth_user SET is_staff = 1, is_superuser = 1 WHERE username = ?",
+        user,
+    )
     log_in_as(page, user)
     send(page, "draw a lighthouse at dusk")
     expect(last_answer(page)).to_have_attribute("data-status", "complete")

@@ -43,7 +43,7 @@ class ConversationAdmin(admin.ModelAdmin):
     @admin.display(description="Conversation")
     def transcript(self, obj: Conversation) -> str:
         """The conversation as it reads in the chat: text, tool calls, images."""
-        messages = obj.messages.prefetch_related("tool_invocations__image")
+        messages = obj.messages.prefetch_related("tool_invocations__images__parents")
         return render_to_string("admin/conversations/transcript.html", {"messages": messages})
 
 

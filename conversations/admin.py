@@ -13,7 +13,7 @@ from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from conversations.models import ApiToken, Conversation, GeneratedImage, Message, ToolInvocation
 
@@ -106,6 +106,7 @@ class GeneratedImageAdmin(admin.ModelAdmin):
     actions = ["mark_visible", "mark_flagged", "mark_hidden"]
     fields = [
         "preview",
+        "lineage",
         "review_status",
         "reviewed_by",
         "reviewed_at",
@@ -193,6 +194,29 @@ class GeneratedImageAdmin(admin.ModelAdmin):
     def conversation_link(self, obj: GeneratedImage) -> str:
         url = reverse("admin:conversations_conversation_change", args=[obj.conversation_id])
         return format_html('<a href="{}">{}</a>', url, obj.conversation)
+
+    @admin.display(description="Lineage")
+    def lineage(self, obj: GeneratedImage) -> str:
+        """The images this one was edited from, and the edits made from it, each linked."""
+
+        def links(images: QuerySet[GeneratedImage]) -> str:
+            rows = [
+                (
+                    reverse("admin:conversations_generatedimage_change", args=[image.pk]),
+                    image.prompt[:80],
+                    image.created_at.strftime("%Y-%m-%d %H:%M"),
+                )
+                for image in images.order_by("created_at")
+            ]
+            if not rows:
+                return "—"
+            return format_html_join(", ", '<a href="{}">{}</a> <small>({})</small>', rows)
+
+        return format_html(
+            "Edited from: {}<br>Edits of it: {}",
+            links(obj.parents.all()),
+            links(obj.children.all()),
+        )
 
 
 @admin.register(ApiToken)

@@ -635,7 +635,8 @@ class GeneratedImage(models.Model):
         """summary() with the parents an edit started from (id and app URL each)."""
         summary = self.summary()
         summary["parents"] = [
-            {"id": str(parent.id), "url": parent.get_absolute_url()} for parent in parents
+            {"id": str(parent.id), "url": parent.get_absolute_url(), "prompt": parent.prompt}
+            for parent in parents
         ]
         return summary
 

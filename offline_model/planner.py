@@ -148,6 +148,8 @@ _EDIT_REQUEST_RE = re.compile(
     r"\b(?:it|this|that|them|one|picture|image|drawing|photo)\b",
     re.IGNORECASE | re.DOTALL,
 )
+_UUID_RE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+_EDIT_PREFIX_RE = re.compile(r"^\s*edit image [0-9a-f-]{36}\s*:\s*", re.IGNORECASE)
 _COUNT_WORDS = {"two": 2, "three": 3, "four": 4, "2": 2, "3": 3, "4": 4}
 _COUNT_RE = re.compile(
     r"\b(two|three|four|2|3|4)\s+(?:\w+\s+){0,2}?"
@@ -215,11 +217,13 @@ def plan_chat(body: dict[str, Any]) -> Reply:
         and not wants_picture(user_text)
         and _offers_tool(body, "edit_image")
     ):
-        # The latest image is the one changed; "the first picture" joins as a reference.
-        sources = [earlier[-1]]
+        # The image named by id (the page's Edit button writes "Edit image <id>: …"),
+        # else the latest; "the first picture" joins as a reference.
+        named = [value for value in _UUID_RE.findall(user_text) if value in earlier]
+        sources = [named[0] if named else earlier[-1]]
         if re.search(r"\bfirst\b", user_text, re.IGNORECASE) and earlier[0] != earlier[-1]:
             sources.append(earlier[0])
-        change = _shorten(user_text.rstrip(" .!?"), 300)
+        change = _shorten(_EDIT_PREFIX_RE.sub("", user_text).rstrip(" .!?"), 300) or "edit it"
         return Reply(
             text=f"Sure, let me change it: {change[0].lower() + change[1:]}.",
             tool_calls=[ToolCall("edit_image", {"image_ids": sources, "prompt": change})],

@@ -48,8 +48,9 @@ async def draw_then(socket: Any, *follow_ups: str) -> tuple[str, list[list[dict]
 
 
 async def test_an_edit_sends_the_stored_bytes_of_its_parent_and_records_it(
-    make_user: Any, connect: Any, fake_openai: OfflineModelServer, local_storage: Any
+    make_user: Any, connect: Any, fake_openai: OfflineModelServer, local_storage: Any, settings: Any
 ) -> None:
+    settings.IMAGE_PREVIEWS = {}  # the edit streams its previews too
     alice = await database_sync_to_async(make_user)("alice")
     socket = await connect(alice)
     _, (_, edit) = await draw_then(socket, "make it night")
@@ -67,10 +68,11 @@ async def test_an_edit_sends_the_stored_bytes_of_its_parent_and_records_it(
         == hashlib.sha256(stored).digest().hex()
     )
 
+    assert [f["partial"] for f in of_type(edit, "tool.preview")] == [0, 1]
     (completed,) = of_type(edit, "tool.completed")
     assert completed["name"] == "edit_image"
     assert completed["image"]["parents"] == [
-        {"id": str(parent.id), "url": parent.get_absolute_url()}
+        {"id": str(parent.id), "url": parent.get_absolute_url(), "prompt": parent.prompt}
     ]
     child = await GeneratedImage.objects.aget(pk=completed["image"]["id"])
     assert [p.pk async for p in child.parents.all()] == [parent.pk]
@@ -146,6 +148,7 @@ async def test_an_image_of_another_conversation_of_the_same_user_is_refused(
 async def test_previews_arrive_in_order_before_the_final_image_and_are_not_stored(
     make_user: Any, connect: Any, fake_openai: OfflineModelServer, settings: Any
 ) -> None:
+    settings.IMAGE_PREVIEWS = {}  # the model table's default: 2 for gpt-image models
     settings.IMAGE_PREVIEW_PX = 64
     alice = await database_sync_to_async(make_user)("alice")
     socket = await connect(alice)
@@ -184,6 +187,7 @@ async def test_n3_stores_three_images_and_counts_three_against_the_quota(
     make_user: Any, connect: Any, fake_openai: OfflineModelServer, settings: Any
 ) -> None:
     settings.IMAGES_PER_DAY = 10
+    settings.IMAGE_PREVIEWS = {}
     alice = await database_sync_to_async(make_user)("alice")
     frames = await say(await connect(alice), "draw three pictures of a fox")
     (completed,) = of_type(frames, "tool.completed")

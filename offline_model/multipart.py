@@ -1,10 +1,17 @@
-"""Reading a multipart/form-data body (the images edit request), with the standard library."""
+"""Reading a multipart/form-data body (the images edit request).
+
+Split on the boundary by hand: the standard library's email parser takes
+about a second for a 3 MB image, which would put the fake's own parsing into
+every benchmark of the edit path.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from email.parser import BytesParser
-from email.policy import HTTP
+
+_BOUNDARY_RE = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_PARAM_RE = re.compile(rb'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True)
@@ -19,22 +26,33 @@ def parse_form(content_type: str, body: bytes) -> tuple[dict[str, str], list[Upl
     """The text fields and the files of a multipart body; ValueError if it is not one."""
     if not content_type.lower().startswith("multipart/form-data"):
         raise ValueError("not multipart/form-data")
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    if not message.is_multipart():
-        raise ValueError("no parts")
+    match = _BOUNDARY_RE.search(content_type)
+    if match is None:
+        raise ValueError("no boundary")
+    delimiter = b"--" + match.group(1).encode("latin-1")
+    if not body.startswith(delimiter):
+        raise ValueError("the body does not start with its boundary")
     fields: dict[str, str] = {}
     files: list[UploadedFile] = []
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
+    for chunk in body.split(b"\r\n" + delimiter)[:-1]:  # the last is "--" (the end)
+        part = chunk.removeprefix(delimiter).removeprefix(b"\r\n")
+        head, separator, data = part.partition(b"\r\n\r\n")
+        if not separator:
+            raise ValueError("a part without headers")
+        headers = {}
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        disposition = headers.get(b"content-disposition", b"")
+        params = {
+            key.decode(): value.decode("utf-8", "replace")
+            for key, value in _PARAM_RE.findall(disposition)
+        }
+        if "name" not in params:
             continue
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        filename = part.get_filename()
-        if filename is None:
-            fields[name] = data.decode("utf-8", "replace")
+        if "filename" in params:
+            kind = headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
+            files.append(UploadedFile(params["name"], params["filename"], kind, data))
         else:
-            files.append(UploadedFile(name, filename, part.get_content_type(), data))
+            fields[params["name"]] = data.decode("utf-8", "replace")
     return fields, files

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.test import Client
 from PIL import Image
 
 from conversations.models import Conversation, GeneratedImage, ImageQuota, ToolInvocation
@@ -287,3 +288,26 @@ async def test_deleting_the_parent_keeps_the_edit(
     child = await GeneratedImage.objects.aget()
     assert await child.parents.acount() == 0
     assert await Conversation.objects.filter(pk=conversation_id).aexists()
+
+
+async def test_the_admin_image_page_shows_parents_and_children(
+    make_user: Any, connect: Any, fake_openai: OfflineModelServer
+) -> None:
+    alice = await database_sync_to_async(make_user)("alice")
+    staff = await database_sync_to_async(make_user)("moderator", is_staff=True, is_superuser=True)
+    await draw_then(await connect(alice), "make it night")
+    parent = await GeneratedImage.objects.aget(tool_invocation__name="generate_image")
+    child = await GeneratedImage.objects.aget(tool_invocation__name="edit_image")
+
+    def page_of(image: GeneratedImage) -> str:
+        client = Client()
+        client.force_login(staff)
+        response = client.get(f"/admin/conversations/generatedimage/{image.pk}/change/")
+        assert response.status_code == 200
+        return response.content.decode()
+
+    child_page = await database_sync_to_async(page_of)(child)
+    parent_link = f"/admin/conversations/generatedimage/{parent.pk}/change/"
+    assert "Edited from:" in child_page and parent_link in child_page
+    parent_page = await database_sync_to_async(page_of)(parent)
+    assert f"/admin/conversations/generatedimage/{child.pk}/change/" in parent_page

@@ -630,7 +630,11 @@ async def _read_image_stream(
                     continue  # a broken preview is skipped: the final image is what counts
                 await on_preview(len(finished), int(event.partial_image_index or 0), data)
             elif kind.endswith(".completed"):
-                finished.append((event.b64_json, None, None))
+                # OpenAI's events have no revised_prompt; a gateway's may.
+                revised = getattr(event, "revised_prompt", None)
+                finished.append(
+                    (event.b64_json, None, revised if isinstance(revised, str) else None)
+                )
     except httpx2.HTTPError as exc:
         raise ImageAPIError("image_unavailable", "The image service broke off; try again.") from exc
     finally:

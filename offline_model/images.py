@@ -148,7 +148,9 @@ class ImagesEndpoint(Responder):
                     self.render(prompt if index == 0 else f"{prompt}\n#{index}", width, height)
                 )
         if streaming:
-            self._stream_images(pngs, partials or 0, editing, f"{width}x{height}")
+            self._stream_images(
+                pngs, partials or 0, editing, f"{width}x{height}", reply.revised_prompt
+            )
             return
         host = self.headers.get("Host") or f"{model.public_host}:{model.port}"
         data: list[dict[str, str]] = []
@@ -174,11 +176,20 @@ class ImagesEndpoint(Responder):
         self._send_bytes(200, content, "application/json")
         self.after_image_response(content)
 
-    def _stream_images(self, pngs: list[bytes], partials: int, editing: bool, size: str) -> None:
+    def _stream_images(
+        self,
+        pngs: list[bytes],
+        partials: int,
+        editing: bool,
+        size: str,
+        revised_prompt: str | None = None,
+    ) -> None:
         """OpenAI's image streaming: for each image its partial images, then its completed event.
 
         ``event: image_generation.partial_image`` (``image_edit.…`` for edits)
         with the base64 PNG and ``partial_image_index``, then ``….completed``.
+        A scripted ``revised_prompt`` rides on the completed event (OpenAI's have
+        none; a gateway's may).
         """
         prefix = "image_edit" if editing else "image_generation"
         common = {
@@ -208,6 +219,7 @@ class ImagesEndpoint(Responder):
                     "type": f"{prefix}.completed",
                     "b64_json": base64.b64encode(png).decode("ascii"),
                     "created_at": int(time.time()),
+                    **({"revised_prompt": revised_prompt} if revised_prompt is not None else {}),
                     "usage": {
                         "input_tokens": 50,
                         "input_tokens_details": {"image_tokens": 40, "text_tokens": 10},

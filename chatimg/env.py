@@ -83,3 +83,25 @@ def env_prices(name: str) -> dict[str, Decimal]:
             raise ImproperlyConfigured(f"{name} must look like 'low=0.011,*=0.04', got {pair!r}")
         prices[key.strip()] = price
     return prices
+
+
+def env_model_counts(name: str, *, maximum: int) -> dict[str, int]:
+    """Parse "4" or "prefix=4,prefix=1" into {model name prefix: count} ("*" = any model).
+
+    A bare number applies to every model. Unset: an empty dict (the built-in
+    table for the model decides).
+    """
+    counts: dict[str, int] = {}
+    for pair in env_list(name, []):
+        key, sep, value = pair.rpartition("=") if "=" in pair else ("*", "=", pair)
+        try:
+            count = int(value.strip())
+        except ValueError:
+            count = -1
+        if not sep or not key.strip() or not 0 <= count <= maximum:
+            raise ImproperlyConfigured(
+                f"{name} must look like '4' or 'gpt-image=4,dall-e-3=1' "
+                f"(0 to {maximum}), got {pair!r}"
+            )
+        counts[key.strip()] = count
+    return counts

@@ -21,6 +21,7 @@ from chatimg.env import (
     env_float,
     env_int,
     env_list,
+    env_model_counts,
     env_prices,
     env_str,
 )
@@ -270,6 +271,14 @@ IMAGE_STYLES = env_list("CHATIMG_IMAGE_STYLES", [])
 # "low=0.011,medium=0.042,high=0.167" or "*=0.04". Unset: no cost estimate.
 IMAGE_PRICES = env_prices("CHATIMG_IMAGE_PRICES")
 IMAGES_PER_DAY = env_int("CHATIMG_IMAGES_PER_DAY", 50, minimum=0)
+# Images per tool call (`n`), by image model name prefix: "4", or
+# "gpt-image=4,dall-e-3=1"; unset = the built-in table (docs/images.md).
+IMAGE_MAX_N = env_model_counts("CHATIMG_IMAGE_MAX_N", maximum=10)
+# Live previews: partial images to ask for while one is drawn (0 = off, at most
+# 3, OpenAI's limit), by model name prefix like CHATIMG_IMAGE_MAX_N.
+IMAGE_PREVIEWS = env_model_counts("CHATIMG_IMAGE_PREVIEWS", maximum=3)
+# The longest side of a preview sent in a tool.preview frame, in pixels.
+IMAGE_PREVIEW_PX = env_int("CHATIMG_IMAGE_PREVIEW_PX", 256, minimum=32)
 IMAGE_MAX_BYTES = env_int("CHATIMG_IMAGE_MAX_BYTES", 20 * 1024 * 1024, minimum=1024)
 # Images people attach to their messages (conversations/attachments.py, docs/images.md).
 UPLOAD_MAX_BYTES = env_int("CHATIMG_UPLOAD_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)

@@ -173,10 +173,22 @@ class ChatSession:
         if kind == "assistant.delta":
             await self._delta(ws, frame["offset"], frame["text"])
         elif kind == "tool.started":
-            self._note(f"[generating image: {frame.get('prompt', '')}…]")
+            doing = "editing image" if frame.get("name") == "edit_image" else "generating image"
+            self._note(f"[{doing}: {frame.get('prompt', '')}…]")
+        elif kind == "tool.preview":
+            # Previews are shown as progress only: the final image is what is saved.
+            index, partial = int(frame.get("index", 0)), int(frame.get("partial", 0))
+            self._note(f"[preview {partial + 1} of image {index + 1}]")
         elif kind == "tool.completed":
-            image = frame["image"]
-            self._download(str(image["id"]), image["url"], image.get("width"), image.get("height"))
+            for image in frame.get("images") or [frame["image"]]:
+                parents = [str(parent.get("id", "")) for parent in image.get("parents") or []]
+                self._download(
+                    str(image["id"]),
+                    image["url"],
+                    image.get("width"),
+                    image.get("height"),
+                    edited_from=parents,
+                )
         elif kind == "tool.failed":
             self._note(f"[image failed: {frame.get('error', {}).get('message', 'unknown error')}]")
         elif kind in ("assistant.completed", "assistant.failed"):
@@ -317,11 +329,23 @@ class ChatSession:
     # --- images ----------------------------------------------------------------
 
     def _download(
-        self, image_id: str, path: str, width: int | None = None, height: int | None = None
+        self,
+        image_id: str,
+        path: str,
+        width: int | None = None,
+        height: int | None = None,
+        *,
+        edited_from: list[str] | None = None,
     ) -> None:
-        """Fetch in the background, so that the text keeps streaming meanwhile."""
+        """Fetch in the background, so that the text keeps streaming meanwhile.
+
+        Every image of a call is saved (one file per image id); an edit's note
+        names the images it was edited from.
+        """
         if image_id not in self.images:
             size = f" ({width}x{height})" if width and height else ""
+            if edited_from:
+                size += f", edited from {', '.join(edited_from)}"
             self.images[image_id] = asyncio.create_task(self._fetch(image_id, path, size))
 
     async def _fetch(self, image_id: str, path: str, size: str) -> None:

@@ -13,7 +13,7 @@ from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from conversations.models import (
     ApiToken,
@@ -91,7 +91,7 @@ class ConversationAdmin(admin.ModelAdmin):
     @admin.display(description="Conversation")
     def transcript(self, obj: Conversation) -> str:
         """The conversation as it reads in the chat: text, tool calls, images."""
-        messages = obj.messages.prefetch_related("tool_invocations__image", "attachments")
+        messages = obj.messages.prefetch_related("tool_invocations__images__parents", "attachments")
         return render_to_string("admin/conversations/transcript.html", {"messages": messages})
 
 
@@ -154,6 +154,7 @@ class GeneratedImageAdmin(admin.ModelAdmin):
     actions = ["mark_visible", "mark_flagged", "mark_hidden"]
     fields = [
         "preview",
+        "lineage",
         "review_status",
         "reviewed_by",
         "reviewed_at",
@@ -248,6 +249,29 @@ class GeneratedImageAdmin(admin.ModelAdmin):
     def conversation_link(self, obj: GeneratedImage) -> str:
         url = reverse("admin:conversations_conversation_change", args=[obj.conversation_id])
         return format_html('<a href="{}">{}</a>', url, obj.conversation)
+
+    @admin.display(description="Lineage")
+    def lineage(self, obj: GeneratedImage) -> str:
+        """The images this one was edited from, and the edits made from it, each linked."""
+
+        def links(images: QuerySet[GeneratedImage]) -> str:
+            rows = [
+                (
+                    reverse("admin:conversations_generatedimage_change", args=[image.pk]),
+                    image.prompt[:80],
+                    image.created_at.strftime("%Y-%m-%d %H:%M"),
+                )
+                for image in images.order_by("created_at")
+            ]
+            if not rows:
+                return "—"
+            return format_html_join(", ", '<a href="{}">{}</a> <small>({})</small>', rows)
+
+        return format_html(
+            "Edited from: {}<br>Edits of it: {}",
+            links(obj.parents.all()),
+            links(obj.children.all()),
+        )
 
 
 @admin.register(ApiToken)

@@ -31,8 +31,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from conversations.models import (
     Attachment,
-    AttachmentNotFound,
-    Conversation,
     ImageQuota,
     QuotaExceeded,
     attachment_key,
@@ -207,29 +205,6 @@ def data_url(attachment: Attachment) -> str:
 def placeholder(attachment: Attachment) -> str:
     """How a model without vision hears of an upload: an id it can pass to an edit."""
     return f"[image attachment {attachment.id}]"
-
-
-def attachment_sources(
-    user: Any, conversation: Conversation, ids: list[uuid.UUID]
-) -> dict[uuid.UUID, bytes]:
-    """Source bytes for edit inputs given as attachment ids, in the conversation.
-
-    The companion of images.resolve_sources (which reads GeneratedImage ids):
-    the lead hooks this in for ids that are uploads. Only the user's own
-    attachments, sent in this very conversation, are readable; anything else
-    is AttachmentNotFound, the same answer for someone else's and a missing one.
-    Blocks (storage): run off the event loop.
-    """
-    wanted = list(dict.fromkeys(ids))
-    rows = {
-        row.pk: row
-        for row in Attachment.objects.filter(
-            pk__in=wanted, owner=user, conversation=conversation
-        ).exclude(message=None)
-    }
-    if len(rows) != len(wanted):
-        raise AttachmentNotFound
-    return {pk: read(rows[pk]) for pk in wanted}
 
 
 def purge_unattached() -> int:

@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -499,32 +499,107 @@ async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]
 
 
 # Options that a provider may refuse by name; a retry without them is worth a try.
-_DROPPABLE = ("response_format", "quality", "style", "size")
+_DROPPABLE = ("response_format", "quality", "style", "size", "n")
+# Asked together, dropped together: a server that cannot stream images gets
+# one plain request (the previews are a nicety, the image is the point).
+_STREAMING = ("stream", "partial_images")
+
+#: (name, bytes, content type): one file of a multipart edit request.
+ImageFile = tuple[str, bytes, str]
+#: Called with (image index in the call, partial index, preview bytes).
+PreviewSink = Callable[[int, int, bytes], Awaitable[None]]
 
 
 async def generate_image(prompt: str, *, size: str, quality: str = "", style: str = "") -> Picture:
-    """Ask the image API for one picture and return its bytes.
+    """One picture for a prompt (the common case of generate_images)."""
+    return (await generate_images(prompt, size=size, quality=quality, style=style))[0]
+
+
+async def generate_images(
+    prompt: str,
+    *,
+    size: str,
+    quality: str = "",
+    style: str = "",
+    n: int = 1,
+    partial_images: int = 0,
+    on_preview: PreviewSink | None = None,
+) -> list[Picture]:
+    """Ask the image API for `n` pictures of a prompt and return their bytes, in order.
 
     `response_format` is sent only where it is needed (dall-e models answer
     with a URL unless asked); gateways such as LiteLLM refuse it for other
     models. A 400 that names one of the optional parameters is retried once
-    without it. The provider's own error text goes to the log, never to the
-    user or the model.
+    without it. With `partial_images` the request streams and each partial
+    image goes to `on_preview` as it arrives. The provider's own error text
+    goes to the log, never to the user or the model.
     """
-    kwargs: dict[str, Any] = {"model": settings.IMAGE_MODEL, "prompt": prompt, "n": 1}
+    kwargs: dict[str, Any] = {"model": settings.IMAGE_MODEL, "prompt": prompt, "n": n}
     for name, value in (("size", size), ("quality", quality), ("style", style)):
         if value:
             kwargs[name] = value
+    return await _images_call("generate", kwargs, n, partial_images, on_preview)
+
+
+async def edit_images(
+    prompt: str,
+    sources: list[ImageFile],
+    *,
+    mask: ImageFile | None = None,
+    size: str = "",
+    quality: str = "",
+    n: int = 1,
+    partial_images: int = 0,
+    on_preview: PreviewSink | None = None,
+) -> list[Picture]:
+    """Edit stored images with the image API's edit endpoint (multipart) and return the results.
+
+    One source goes as `image`, several as `image[]` (the SDK's encoding of a
+    list), the mask as `mask`. A provider without the endpoint (404, 405,
+    501) is `images_edit_not_supported`, told apart from a missing model.
+    """
+    kwargs: dict[str, Any] = {
+        "model": settings.IMAGE_MODEL,
+        "prompt": prompt,
+        "image": sources[0] if len(sources) == 1 else list(sources),
+        "n": n,
+    }
+    if mask is not None:
+        kwargs["mask"] = mask
+    for name, value in (("size", size), ("quality", quality)):
+        if value:
+            kwargs[name] = value
+    return await _images_call("edit", kwargs, n, partial_images, on_preview)
+
+
+async def _images_call(
+    kind: str,
+    kwargs: dict[str, Any],
+    n: int,
+    partial_images: int,
+    on_preview: PreviewSink | None,
+) -> list[Picture]:
     response_format = settings.IMAGE_RESPONSE_FORMAT
     if response_format == "auto":
         response_format = "b64_json" if settings.IMAGE_MODEL.startswith("dall-e") else "none"
     if response_format != "none":
         kwargs["response_format"] = response_format
+    if partial_images and on_preview is not None:
+        kwargs["stream"] = True
+        kwargs["partial_images"] = partial_images
+    images = client(images=True).images
+    call = images.generate if kind == "generate" else images.edit
     dropped: list[str] = []
     while True:
         try:
-            response = await client(images=True).images.generate(**kwargs)
-            break
+            response = await call(**kwargs)
+            if kwargs.get("stream"):
+                assert on_preview is not None
+                items = await _read_image_stream(response, on_preview)
+            else:
+                items = [
+                    (item.b64_json, item.url, item.revised_prompt) for item in response.data or []
+                ]
         except openai.BadRequestError as exc:
             log.warning("the image API refused a request (%s): %.500s", exc.code, exc.message)
             if exc.code in {"moderation_blocked", "content_policy_violation"}:
@@ -532,6 +607,8 @@ async def generate_image(prompt: str, *, size: str, quality: str = "", style: st
                     "image_refused", "The image service refused this prompt (content policy)."
                 ) from exc
             refused = [name for name in _DROPPABLE if name in kwargs and _names(exc, name)]
+            if any(name in kwargs and _names(exc, name) for name in _STREAMING):
+                refused += [name for name in _STREAMING if name in kwargs]
             if dropped or not refused:
                 raise ImageAPIError(
                     "image_rejected", "The image service could not draw this request."
@@ -539,35 +616,92 @@ async def generate_image(prompt: str, *, size: str, quality: str = "", style: st
             for name in refused:
                 del kwargs[name]
             dropped = refused
+            continue
         except openai.OpenAIError as exc:
-            raise _image_error(exc) from exc
+            raise _image_error(exc, edit=kind == "edit") from exc
+        if not items and kwargs.get("stream") and not dropped:
+            # A server that ignores `stream` answers JSON, which reads as an
+            # empty event stream: ask once more, plainly.
+            log.info("the image API sent no events to a streamed request; asking without")
+            dropped = [name for name in _STREAMING if kwargs.pop(name, None) is not None]
+            continue
+        break
     if dropped:
         log.info("the image API took the request without %s", ", ".join(dropped))
-    if not response.data:
+    if not items:
         raise ImageAPIError("image_empty", "The image service returned no image.")
-    item = response.data[0]
-    if item.b64_json:
+    # A provider may send more than asked: the quota reserved `n`.
+    return [await _picture(*item) for item in items[:n]]
+
+
+async def _read_image_stream(
+    stream: Any, on_preview: PreviewSink
+) -> list[tuple[str | None, str | None, str | None]]:
+    """Read a streamed image response: partials to `on_preview`, the finished images returned.
+
+    Each `….completed` event closes one image; the partials before it belong
+    to it (OpenAI streams the images of a call one after another).
+    """
+    finished: list[tuple[str | None, str | None, str | None]] = []
+    try:
+        async for event in stream:
+            kind = str(getattr(event, "type", ""))
+            if kind.endswith(".partial_image"):
+                try:
+                    data = base64.b64decode(event.b64_json, validate=True)
+                except (binascii.Error, ValueError, TypeError):
+                    continue  # a broken preview is skipped: the final image is what counts
+                await on_preview(len(finished), int(event.partial_image_index or 0), data)
+            elif kind.endswith(".completed"):
+                # OpenAI's events have no revised_prompt; a gateway's may.
+                revised = getattr(event, "revised_prompt", None)
+                finished.append(
+                    (event.b64_json, None, revised if isinstance(revised, str) else None)
+                )
+    except httpx2.HTTPError as exc:
+        raise ImageAPIError("image_unavailable", "The image service broke off; try again.") from exc
+    finally:
+        await stream.close()
+    return finished
+
+
+async def _picture(b64_json: str | None, url: str | None, revised_prompt: str | None) -> Picture:
+    if b64_json:
         try:
-            data = base64.b64decode(item.b64_json, validate=True)
+            data = base64.b64decode(b64_json, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ImageAPIError("image_corrupt", "The image service sent unreadable data.") from exc
-    elif item.url:
-        data = await _download(item.url)
+    elif url:
+        data = await _download(url)
     else:
         raise ImageAPIError("image_empty", "The image service returned no image.")
     if len(data) > settings.IMAGE_MAX_BYTES:
         raise ImageAPIError("image_too_large", "The generated image is too large.")
-    return Picture(data, item.revised_prompt or "", settings.IMAGE_MODEL)
+    return Picture(data, revised_prompt or "", settings.IMAGE_MODEL)
 
 
 def _names(exc: openai.BadRequestError, parameter: str) -> bool:
     """Whether a 400 is about `parameter` (OpenAI's `param`, or a gateway's text)."""
-    return exc.param == parameter or parameter in str(exc.message)
+    if exc.param == parameter:
+        return True
+    message = str(exc.message)
+    if len(parameter) < 3:  # "n" is in every sentence: only a quoted name counts
+        return any(f"{q}{parameter}{q}" in message for q in ("'", '"', "`"))
+    return parameter in message
 
 
-def _image_error(exc: openai.OpenAIError) -> ImageAPIError:
+def _image_error(exc: openai.OpenAIError, *, edit: bool = False) -> ImageAPIError:
     if isinstance(exc, openai.APIStatusError):
         log.warning("the image API answered %s: %.500s", exc.status_code, exc.message)
+    if edit and (
+        isinstance(exc, openai.NotFoundError)
+        or (isinstance(exc, openai.APIStatusError) and exc.status_code in (405, 501))
+    ):
+        return ImageAPIError(
+            "images_edit_not_supported",
+            "This image service cannot edit images; ask for a new picture instead.",
+            retryable=False,
+        )
     if isinstance(exc, openai.APIConnectionError) and _unreachable(exc):
         return ImageAPIError("image_unavailable", "The image service could not be reached.")
     if isinstance(exc, openai.APITimeoutError):

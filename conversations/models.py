@@ -170,7 +170,7 @@ class Conversation(models.Model):
         """The finished messages that make up the model's context, oldest first."""
         recent = (
             self.messages.exclude(status=Message.Status.STREAMING)
-            .prefetch_related("tool_invocations__image", "attachments")
+            .prefetch_related("tool_invocations__images__parents", "attachments")
             .order_by("-id")[: settings.HISTORY_MESSAGES]
         )
         return list(reversed(recent))
@@ -182,7 +182,7 @@ class Conversation(models.Model):
         (and so deleted) while the client was away, the latest answer.
         """
         answers = self.messages.filter(role=Message.Role.ASSISTANT).prefetch_related(
-            "tool_invocations__image"
+            "tool_invocations__images__parents"
         )
         latest = answers.order_by("-id").first()
         if message_id is not None and latest is not None and latest.pk != message_id:
@@ -539,11 +539,15 @@ class ToolInvocation(models.Model):
         self.save(update_fields=["status", "error", "result", "finished_at"])
 
     @property
+    def image_list(self) -> list[GeneratedImage]:
+        """This call's images in their order (uses the prefetched `images` when present)."""
+        return sorted(self.images.all(), key=lambda image: image.index)
+
+    @property
     def image_or_none(self) -> GeneratedImage | None:
-        try:
-            return self.image
-        except GeneratedImage.DoesNotExist:
-            return None
+        """The call's first image (most calls make exactly one)."""
+        images = self.image_list
+        return images[0] if images else None
 
     def model_result(self) -> dict[str, Any]:
         """What the model is told about this call, for the history we rebuild."""
@@ -579,9 +583,13 @@ class GeneratedImage(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generated_images"
     )
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="images")
-    tool_invocation = models.OneToOneField(
-        ToolInvocation, on_delete=models.CASCADE, related_name="image"
+    # One call can make several images (`n`); `index` is their order in it.
+    tool_invocation = models.ForeignKey(
+        ToolInvocation, on_delete=models.CASCADE, related_name="images"
     )
+    index = models.PositiveSmallIntegerField(default=0)
+    # The images an edit started from (edit_image); their children are the edits.
+    parents = models.ManyToManyField("self", symmetrical=False, related_name="children", blank=True)
     # The storage key only: the bytes live in object storage.
     file = models.FileField(upload_to=image_key, max_length=200)
     sha256 = models.CharField(max_length=64)
@@ -623,6 +631,9 @@ class GeneratedImage(models.Model):
             # The same bytes are stored once per user: found by this lookup.
             models.Index(fields=["user", "sha256"], name="image_user_sha256"),
         ]
+        constraints = [
+            models.UniqueConstraint(fields=["tool_invocation", "index"], name="image_call_index")
+        ]
 
     def __str__(self) -> str:
         return f"{self.prompt[:60]} ({self.width}x{self.height})"
@@ -644,7 +655,19 @@ class GeneratedImage(models.Model):
             "width": self.width,
             "height": self.height,
             "size": self.size,
+            "index": self.index,
+            # Filled by the caller that knows them (prefetched or just recorded).
+            "parents": [],
         }
+
+    def lineage_summary(self, parents: list[GeneratedImage]) -> dict[str, Any]:
+        """summary() with the parents an edit started from (id and app URL each)."""
+        summary = self.summary()
+        summary["parents"] = [
+            {"id": str(parent.id), "url": parent.get_absolute_url(), "prompt": parent.prompt}
+            for parent in parents
+        ]
+        return summary
 
 
 @receiver(post_delete, sender=GeneratedImage)
@@ -869,9 +892,10 @@ class PendingDeletion(models.Model):
 
 
 class QuotaExceeded(Exception):
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, left: int = 0) -> None:
         super().__init__(f"daily image quota of {limit} reached")
         self.limit = limit
+        self.left = left
 
 
 class ImageQuotaManager(models.Manager["ImageQuota"]):
@@ -879,26 +903,26 @@ class ImageQuotaManager(models.Manager["ImageQuota"]):
         quota, _ = self.get_or_create(user=user, day=timezone.now().date())
         return quota
 
-    def reserve(self, user: Any) -> int | None:
-        """Take one image from today's allowance; returns how many are left.
+    def reserve(self, user: Any, count: int = 1) -> int | None:
+        """Take `count` images from today's allowance; returns how many are left.
 
-        Atomic (one conditional UPDATE), so concurrent turns cannot overspend.
-        Staff are counted but never refused (None = unlimited).
+        Atomic (one conditional UPDATE), so concurrent turns cannot overspend:
+        all `count` or none. Staff are counted but never refused (None = unlimited).
         """
         limit = settings.IMAGES_PER_DAY
         with transaction.atomic():
             quota = self._today(user)
             rows = self.filter(pk=quota.pk)
             if not user.is_staff:
-                rows = rows.filter(used__lt=limit)
-            if not rows.update(used=models.F("used") + 1):
-                raise QuotaExceeded(limit)
-        return None if user.is_staff else limit - quota.used - 1
+                rows = rows.filter(used__lte=limit - count)
+            if not rows.update(used=models.F("used") + count):
+                raise QuotaExceeded(limit, max(0, limit - quota.used))
+        return None if user.is_staff else limit - quota.used - count
 
-    def release(self, user: Any) -> None:
-        """Give back a reservation whose image was never made."""
-        self.filter(user=user, day=timezone.now().date(), used__gt=0).update(
-            used=models.F("used") - 1
+    def release(self, user: Any, count: int = 1) -> None:
+        """Give back reservations whose images were never made."""
+        self.filter(user=user, day=timezone.now().date(), used__gte=count).update(
+            used=models.F("used") - count
         )
 
     def remaining(self, user: Any) -> int | None:

@@ -66,6 +66,12 @@ CODES: dict[str, Code] = {
         "The last answer is complete; there is nothing to continue.", retryable=False
     ),
     "not_found": Code("This conversation no longer exists.", retryable=False),
+    # Image tool calls (tool.failed; the model is told too).
+    "image_not_found": Code("That image is not in this conversation.", retryable=False),
+    "images_edit_not_supported": Code(
+        "This site's image service cannot edit images; ask for a new picture.", retryable=False
+    ),
+    "too_many_sources": Code("Too many images to edit at once.", retryable=False),
     "server_draining": Code("The server is restarting; your message will be sent again."),
     # Attachments (message.send) and uploads (POST /attachments/, JSON errors).
     "attachment_not_found": Code(
@@ -161,18 +167,48 @@ def tool_completed(
     *,
     tool_call_id: int,
     name: str,
-    image: dict[str, Any],
+    images: list[dict[str, Any]],
     notes: list[str],
     images_left_today: int | None,
 ) -> str:
+    """A finished call: `images` in order; `image` is the first (clients of one image)."""
     return encode(
         "tool.completed",
         **_ids(conversation_id, message_id),
         tool_call_id=tool_call_id,
         name=name,
-        image=image,
+        image=images[0],
+        images=images,
         notes=notes,
         images_left_today=images_left_today,
+    )
+
+
+def tool_preview(
+    conversation_id: uuid.UUID,
+    message_id: int,
+    *,
+    tool_call_id: int,
+    index: int,
+    partial: int,
+    data_url: str,
+    width: int,
+    height: int,
+) -> str:
+    """A partial image while image `index` of a call is drawn: a small JPEG data URL.
+
+    Live only (never stored, never replayed at catch-up): the one frame that
+    carries image data, kept small (CHATIMG_IMAGE_PREVIEW_PX on its longest side).
+    """
+    return encode(
+        "tool.preview",
+        **_ids(conversation_id, message_id),
+        tool_call_id=tool_call_id,
+        index=index,
+        partial=partial,
+        data_url=data_url,
+        width=width,
+        height=height,
     )
 
 

@@ -227,7 +227,7 @@ async def sweep_stale_turns() -> int:
 
 def _close_stale() -> list[tuple[Message, str]]:
     closed = Message.objects.mark_stale_interrupted(text_of=streams.recovered_text)
-    answers = Message.objects.prefetch_related("tool_invocations__image").filter(
+    answers = Message.objects.prefetch_related("tool_invocations__images__parents").filter(
         pk__in=[message.pk for message in closed]
     )
     return [(answer, answer.body_html()) for answer in answers]

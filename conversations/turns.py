@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -171,7 +172,7 @@ class Turn:
         calls: list[llm.ToolCallRequest] = []
         segment_start = len(self.text)
         finish_reason = "stop"
-        tools = [images.tool_schema()] if offered else None
+        tools = images.tool_schemas() if offered else None
         try:
             async for event in llm.stream_chat(messages, tools):
                 if isinstance(event, llm.TextDelta):
@@ -209,7 +210,7 @@ class Turn:
             return llm.model_messages(history)
         # Carry on the truncated answer: its text so far is this turn's start,
         # and the model sees it, then is asked to go on from where it stopped.
-        answer = Message.objects.prefetch_related("tool_invocations__image").get(
+        answer = Message.objects.prefetch_related("tool_invocations__images__parents").get(
             pk=self.context.message_id
         )
         self.resume_from = answer.text
@@ -224,7 +225,7 @@ class Turn:
     async def _run_tool(self, call: llm.ToolCallRequest, *, allowed: bool) -> dict[str, Any]:
         request: images.ImageRequest | None
         try:
-            request = images.parse_arguments(call.arguments)
+            request = images.parse_arguments(call.arguments, call.name)
             arguments, parse_error = request.arguments(), None
         except images.ToolError as exc:
             request, arguments, parse_error = None, {"raw": call.arguments[:1000]}, exc
@@ -247,18 +248,19 @@ class Turn:
             )
         )
         try:
+            if call.name not in images.TOOL_NAMES:
+                raise images.ToolError("unknown_tool", f"There is no tool named {call.name!r}.")
             if parse_error is not None:
                 raise parse_error
-            if call.name != images.TOOL_NAME:
-                raise images.ToolError("unknown_tool", f"There is no tool named {call.name!r}.")
             if not allowed:
                 raise images.ToolError("tool_limit", "Too many images in one answer.")
             assert request is not None
-            image, remaining = await images.generate(
+            outcome = await images.generate(
                 invocation,
                 request,
                 user=self.context.user,
                 conversation_id=self.context.conversation_id,
+                on_preview=self._previewer(invocation.id),
             )
         except images.ToolError as exc:
             await database_sync_to_async(invocation.fail)(exc.message)
@@ -267,27 +269,59 @@ class Turn:
             )
             failed: dict[str, Any] = invocation.result  # a JSONField: Any to the checker
             return failed
+        made = outcome.images
         result: dict[str, Any] = {
             "status": "ok",
-            "image_id": str(image.id),
-            "prompt": image.prompt,
-            "revised_prompt": image.revised_prompt or None,
+            "image_id": str(made[0].id),
+            "prompt": made[0].prompt,
+            "revised_prompt": made[0].revised_prompt or None,
         }
-        if request.notes:
-            result["notes"] = request.notes
-        if remaining is not None:
-            result["images_left_today"] = remaining
+        if len(made) > 1:
+            result["image_ids"] = [str(image.id) for image in made]
+        if outcome.parents:
+            result["edited_from"] = [str(parent.id) for parent in outcome.parents]
+        notes = list(request.notes)
+        if len(made) < request.n:
+            notes.append(f"The image service made {len(made)} of the {request.n} asked for.")
+        if notes:
+            result["notes"] = notes
+        if outcome.remaining is not None:
+            result["images_left_today"] = outcome.remaining
         await database_sync_to_async(invocation.complete)(result)
         await self._publish(
             protocol.tool_completed(
                 *self._ids(),
                 **ids,
-                image=image.summary(),
-                notes=request.notes,
-                images_left_today=remaining,
+                images=[image.lineage_summary(outcome.parents) for image in made],
+                notes=notes,
+                images_left_today=outcome.remaining,
             )
         )
         return result
+
+    def _previewer(self, tool_call_id: int) -> images.PreviewSink | None:
+        """Partial images to the followers as tool.preview frames (live only, never stored)."""
+        if not images.model_options().previews:
+            return None
+
+        async def preview(index: int, partial: int, data: bytes) -> None:
+            try:
+                small = await sync_to_async(images.preview_data_url, thread_sensitive=False)(data)
+            except images.ToolError:
+                return  # an unreadable preview is skipped; the final image is what counts
+            await self._publish(
+                protocol.tool_preview(
+                    *self._ids(),
+                    tool_call_id=tool_call_id,
+                    index=index,
+                    partial=partial,
+                    data_url=small.data_url,
+                    width=small.width,
+                    height=small.height,
+                )
+            )
+
+        return preview
 
     # --- streaming out -----------------------------------------------------------
 
@@ -394,7 +428,7 @@ class Turn:
         # Tool calls cut short by a cancel must not look as if they still run.
         for invocation in message.tool_invocations.filter(status=ToolInvocation.Status.RUNNING):
             invocation.fail("The answer was stopped before the image was finished.")
-        final: Message = Message.objects.prefetch_related("tool_invocations__image").get(
+        final: Message = Message.objects.prefetch_related("tool_invocations__images__parents").get(
             pk=message.pk
         )
         return final.body_html()

@@ -79,7 +79,10 @@ def chat(
             return render(request, "404.html", status=404)
         messages = list(
             conversation.messages.prefetch_related(
-                Prefetch("tool_invocations__image", queryset=GeneratedImage.objects.all()),
+                Prefetch(
+                    "tool_invocations__images",
+                    queryset=GeneratedImage.objects.prefetch_related("parents"),
+                ),
                 "attachments",
             )
         )

@@ -18,9 +18,12 @@ and serve with a ``Handler`` subclass whose hooks they override (``offline_model
 lists them; bench/fake.py is the worked example).
 
 Modules, one job each: ``scripting`` (the vocabulary above), ``planner`` (the unscripted
-reply), ``drawing`` (the PNGs), ``responses`` (HTTP and SSE writing), ``chat`` and
-``images`` (the two endpoints), ``handler`` (routing and the hooks), ``server``
-(``OfflineModelServer``), ``__main__`` (the command line).
+reply: a picture, an edit of the last one, several), ``knowledge`` (canned answers to the
+demo's questions), ``drawing`` (the PNGs), ``editing`` (edits of uploaded PNGs, and the
+partial images of a streamed answer), ``multipart`` (reading an edit's upload),
+``responses`` (HTTP and SSE writing), ``chat`` and ``images`` (the endpoints: chat
+completions, image generations and edits), ``handler`` (routing and the hooks),
+``server`` (``OfflineModelServer``), ``__main__`` (the command line).
 """
 
 from offline_model.chat import CHAT_MODEL

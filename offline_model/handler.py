@@ -8,6 +8,7 @@ hooks, each a plain method to override (call ``super()`` to keep the default):
 * ``chat_script(body)`` / ``image_script(body)``: what to answer this request; the
   default pops the server's script queue, None falls back to the offline model.
 * ``render(prompt, width, height)``: the PNG for a prompt.
+* ``edit(sources, prompt, size, mask, variant)``: the PNG for an images edit request.
 * ``pause(seconds)``: every wait inside a response (delays, token pacing, hangs).
 * ``before_event(data)``: just before each SSE event's bytes are written.
 * ``before_image_response(content)`` / ``after_image_response(content)``: around a
@@ -24,6 +25,7 @@ from typing import Any
 
 from offline_model.chat import CHAT_MODEL, ChatEndpoint
 from offline_model.images import IMAGE_MODEL, ImagesEndpoint
+from offline_model.multipart import UploadedFile, parse_form
 from offline_model.responses import _StreamCut
 from offline_model.scripting import RecordedRequest
 
@@ -62,10 +64,19 @@ class Handler(ChatEndpoint, ImagesEndpoint):
         except ValueError:
             parsed = None
         body = parsed if isinstance(parsed, dict) else None
+        files: list[UploadedFile] = []
+        content_type = self.headers.get("Content-Type") or ""
+        if method == "POST" and content_type.lower().startswith("multipart/form-data"):
+            try:
+                fields, files = parse_form(content_type, raw)
+                body = dict(fields)
+            except ValueError:
+                body = None
         if self.extra_route(method, path, body):
             return
         headers = {key.lower(): value for key, value in self.headers.items()}
-        model.record(RecordedRequest(method, path, headers, body, query))
+        recorded = tuple((f.field, f.filename, f.content_type, f.data) for f in files)
+        model.record(RecordedRequest(method, path, headers, body, query, recorded))
 
         # Any prefix: /v1/… as OpenAI, /openai/deployments/<name>/… as Azure's
         # api-version endpoints.
@@ -73,6 +84,8 @@ class Handler(ChatEndpoint, ImagesEndpoint):
             self._chat(body, raw)
         elif method == "POST" and path.endswith("/images/generations"):
             self._images(body)
+        elif method == "POST" and path.endswith("/images/edits"):
+            self._edits(body, files)
         elif method == "GET" and path == "/v1/models":
             data = [
                 {"id": name, "object": "model", "created": 0, "owned_by": "offline"}

@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any
 
+from offline_model import knowledge
 from offline_model.scripting import Reply, ToolCall
 
 _TOKEN_RE = re.compile(r"\S+\s*|\s+")
@@ -104,6 +105,14 @@ def _follow_up(tool_content: str) -> str:
         reason = data.get("error") or "something went wrong"
         return f"Sorry, I couldn't make that image: {reason}"
     prompt = data.get("prompt") or data.get("revised_prompt")
+    count = len(data.get("image_ids") or []) or 1
+    if data.get("edited_from"):
+        return f"Here it is, edited: {prompt or 'as you asked'}. Ask me for more changes."
+    if count > 1:
+        return (
+            f"Here are {count} pictures of {prompt or 'your request'}. "
+            "Ask me to change any of them."
+        )
     if prompt:
         return f"Here is your picture of {prompt}. Ask me for changes or another one."
     return "Here is your picture. Ask me for changes or another one."
@@ -118,12 +127,73 @@ def _default_reply(messages: list[Any]) -> str:
             "Hello! I'm the **built-in offline model**, running without any API key. "
             f'Ask me to *draw* something, like **"draw {example}"**.'
         )
+    known = knowledge.answer(user_text)
+    if known is not None:
+        return known
     return (
-        f"I'm the **built-in offline model**, so I can't really chat, but I heard you say "
-        f'"{_shorten(re.sub(r"[*_`]+", "", user_text), 80)}". '
+        f"I'm the **built-in offline model**: I only know a few topics (websockets, "
+        f"Django, Channels, how this app stores images), and "
+        f'"{_shorten(re.sub(r"[*_`]+", "", user_text), 80)}" is not one of them. '
         f'Try asking me to *draw* something, like **"draw {example}"**, '
-        "and I'll make a picture for you."
+        'then to change it, like **"make it night"**.'
     )
+
+
+# "make it night", "now make it stormy", "turn it blue", "add a moon to it",
+# "put the fox from the first picture into this one", "edit the image: …".
+_EDIT_REQUEST_RE = re.compile(
+    r"^(?:(?:please|ok(?:ay)?|now|and|then|so|can you|could you)[\s,]+)*"
+    r"(?:make|turn|change|add|remove|put|edit|give|recolou?r|paint)\b"
+    r"(?:(?!\b(?:draw|sketch|illustrate)\b).)*"
+    r"\b(?:it|this|that|them|one|picture|image|drawing|photo)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_UUID_RE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+_EDIT_PREFIX_RE = re.compile(r"^\s*edit image [0-9a-f-]{36}\s*:\s*", re.IGNORECASE)
+_COUNT_WORDS = {"two": 2, "three": 3, "four": 4, "2": 2, "3": 3, "4": 4}
+_COUNT_RE = re.compile(
+    r"\b(two|three|four|2|3|4)\s+(?:\w+\s+){0,2}?"
+    r"(?:pictures|images|variations|versions|drawings|paintings|sketches|options)\b",
+    re.IGNORECASE,
+)
+
+
+def wants_edit(text: str) -> bool:
+    """Whether a user message reads like a change to an earlier picture."""
+    return bool(_EDIT_REQUEST_RE.search(_squash(text)))
+
+
+def requested_count(text: str) -> int:
+    """How many images the message asks for ("three pictures of …" → 3); 1 by default."""
+    match = _COUNT_RE.search(text)
+    return _COUNT_WORDS[match.group(1).lower()] if match else 1
+
+
+def earlier_image_ids(messages: list[Any]) -> list[str]:
+    """Every image id the app's tool results reported in this conversation, oldest first."""
+    ids: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "tool":
+            continue
+        try:
+            data = json.loads(_text_of(message.get("content")))
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("status") != "ok":
+            continue
+        found = data.get("image_ids") or [data.get("image_id")]
+        ids.extend(value for value in found if isinstance(value, str) and value not in ids)
+    return ids
+
+
+def _tool_max_n(body: dict[str, Any], name: str) -> int:
+    for tool in body.get("tools") or []:
+        function = (tool.get("function") or {}) if isinstance(tool, dict) else {}
+        if function.get("name") == name:
+            n = ((function.get("parameters") or {}).get("properties") or {}).get("n") or {}
+            maximum = n.get("maximum") if isinstance(n, dict) else None
+            return maximum if isinstance(maximum, int) else 1
+    return 1
 
 
 def plan_chat(body: dict[str, Any]) -> Reply:
@@ -139,11 +209,34 @@ def plan_chat(body: dict[str, Any]) -> Reply:
             results.append(_follow_up(_text_of(message.get("content"))))
         return Reply(text=" ".join(reversed(results)))
     user_text = last_user_text(messages)
+    earlier = earlier_image_ids(messages)
+    if (
+        user_text
+        and earlier
+        and wants_edit(user_text)
+        and not wants_picture(user_text)
+        and _offers_tool(body, "edit_image")
+    ):
+        # The image named by id (the page's Edit button writes "Edit image <id>: …"),
+        # else the latest; "the first picture" joins as a reference.
+        named = [value for value in _UUID_RE.findall(user_text) if value in earlier]
+        sources = [named[0] if named else earlier[-1]]
+        if re.search(r"\bfirst\b", user_text, re.IGNORECASE) and earlier[0] != earlier[-1]:
+            sources.append(earlier[0])
+        change = _shorten(_EDIT_PREFIX_RE.sub("", user_text).rstrip(" .!?"), 300) or "edit it"
+        return Reply(
+            text=f"Sure, let me change it: {change[0].lower() + change[1:]}.",
+            tool_calls=[ToolCall("edit_image", {"image_ids": sources, "prompt": change})],
+        )
     if user_text and wants_picture(user_text) and _offers_tool(body, "generate_image"):
         subject = picture_subject(user_text)
+        arguments: dict[str, Any] = {"prompt": subject}
+        count = min(requested_count(user_text), _tool_max_n(body, "generate_image"))
+        if count > 1:
+            arguments["n"] = count
         return Reply(
             text=f"Sure, let me draw {subject}.",
-            tool_calls=[ToolCall("generate_image", {"prompt": subject})],
+            tool_calls=[ToolCall("generate_image", arguments)],
         )
     return Reply(text=_default_reply(messages))
 

@@ -99,3 +99,5 @@ class RecordedRequest:
     headers: dict[str, str]
     body: dict[str, Any] | None
     query: str = ""  # the URL's query string, e.g. Azure's api-version
+    #: The files of a multipart request (images edit): (field, filename, content type, bytes).
+    files: tuple[tuple[str, str, str, bytes], ...] = ()

@@ -61,11 +61,16 @@ class OfflineModelServer:
         first_token_delay: float = 0.0,
         handler: type[Handler] = Handler,
         backlog: int = 128,
+        preview_delay: float | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.token_delay = token_delay
         self.first_token_delay = first_token_delay
+        # The pause before each streamed partial image; by default paced like the
+        # text (ten tokens' time), so that previews are visible in a demo and
+        # free in tests that run without delays.
+        self.preview_delay = 10 * token_delay if preview_delay is None else preview_delay
         self.handler = handler
         # Benchmarks open many connections at once; the default backlog of 5 drops SYNs.
         self.backlog = backlog
@@ -162,6 +167,10 @@ class OfflineModelServer:
 
     def image_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/images/generations")]
+
+    def edit_requests(self) -> list[RecordedRequest]:
+        """The images edit requests; their uploaded files are in ``files``."""
+        return [r for r in self.requests if r.path.endswith("/images/edits")]
 
     # -- used by the handler (and by Handler subclasses) ------------------------------------
 

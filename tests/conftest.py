@@ -34,6 +34,9 @@ def fake_openai(openai_server: OfflineModelServer, settings: Any) -> OfflineMode
     settings.IMAGE_SIZE = "256x256"
     settings.LLM_MAX_RETRIES = 1
     settings.LLM_TITLES = False  # tests that want the title request turn it on
+    # Plain (unstreamed) image requests unless a test turns previews on
+    # (settings.IMAGE_PREVIEWS = {} gives the model table's default).
+    settings.IMAGE_PREVIEWS = {"*": 0}
     return openai_server
 
 

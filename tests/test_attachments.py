@@ -19,11 +19,10 @@ from django.test import Client
 from django.utils import timezone
 from PIL import Image
 
-from conversations import attachments
+from conversations import attachments, images
 from conversations.models import (
     ApiToken,
     Attachment,
-    AttachmentNotFound,
     Conversation,
     ImageQuota,
     Message,
@@ -409,15 +408,13 @@ def test_unattached_uploads_older_than_a_day_are_cleaned(
 # --- edit inputs -----------------------------------------------------------------------
 
 
-def test_attachment_sources_reads_my_sent_attachments_in_this_conversation(
-    make_user: Any,
-) -> None:
+def test_an_edit_can_take_my_sent_attachment_and_nothing_else(make_user: Any) -> None:
+    """images.find_sources, the edit tool's one lookup, reads attached images too."""
     alice, bob = make_user("alice"), make_user("bob")
     conversation, _, item = sent_attachment(alice)
 
-    sources = attachments.attachment_sources(alice, conversation, [item.id])
-    assert sources == {item.id: attachments.read(item)}
-    assert sources[item.id][:8] == b"\x89PNG\r\n\x1a\n"
+    assert images.find_sources(alice, conversation.id, [str(item.id)]) == [item]
+    assert attachments.read(item)[:8] == b"\x89PNG\r\n\x1a\n"
 
     unsent = upload_for(alice)
     other_conversation = Conversation.objects.create(user=alice)
@@ -427,8 +424,9 @@ def test_attachment_sources_reads_my_sent_attachments_in_this_conversation(
         (alice, conversation, [unsent.id]),  # never sent
         (alice, conversation, [uuid.uuid4()]),  # missing
     ]:
-        with pytest.raises(AttachmentNotFound):
-            attachments.attachment_sources(user, where, ids)
+        with pytest.raises(images.ToolError) as refused:
+            images.find_sources(user, where.id, [str(i) for i in ids])
+        assert refused.value.code == "image_not_found"
 
 
 # --- pages -----------------------------------------------------------------------------

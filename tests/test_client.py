@@ -473,3 +473,60 @@ def test_attach_of_a_file_that_is_not_an_image_is_refused_before_sending(
     with sqlite3.connect(app.db_path) as db:
         sent = db.execute("SELECT count(*) FROM conversations_message WHERE text = 'hello'")
         assert sent.fetchone()[0] == 0
+
+
+async def test_make_it_stormy_edits_the_drawn_image_and_every_image_of_a_call_is_saved(
+    app: AppServer, tokens: dict[str, str], model: OfflineModelServer, tmp_path: Path
+) -> None:
+    """docs/client.md's example session, then several images in one call."""
+    images = tmp_path / "images"
+    err = io.StringIO()
+    code = await run(
+        "draw a lighthouse at dusk",
+        url=app.url,
+        token=tokens["laptop"],
+        images_dir=images,
+        out=io.StringIO(),
+        err=err,
+    )
+    assert code == EXIT_OK, err.getvalue()
+    conversation = conversation_of(err.getvalue())
+    (first,) = images.iterdir()
+
+    result = await asyncio.to_thread(
+        client_command,
+        "--url",
+        app.url,
+        "--token",
+        tokens["laptop"],
+        "--conversation",
+        conversation,
+        "--images-dir",
+        str(images),
+        stdin="make it stormy\n",
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "[editing image: make it stormy…]" in result.stderr
+    assert "[preview 1 of image 1]" in result.stderr  # previews are progress, not files
+    edited = [path for path in images.iterdir() if path != first]
+    assert len(edited) == 1
+    assert f"edited from {first.stem}]" in result.stderr
+    assert result.stdout.startswith("Sure, let me change it: make it stormy.")
+    assert "Here it is, edited" in result.stdout
+    # The provider got the first image's bytes to edit.
+    (request,) = model.edit_requests()
+    assert request.files[0][3] == first.read_bytes()
+
+    err = io.StringIO()
+    code = await run(
+        "draw three pictures of a fox",
+        url=app.url,
+        token=tokens["laptop"],
+        images_dir=tmp_path / "foxes",
+        out=io.StringIO(),
+        err=err,
+    )
+    assert code == EXIT_OK, err.getvalue()
+    saved = sorted((tmp_path / "foxes").iterdir())
+    assert len(saved) == 3 and len({path.read_bytes() for path in saved}) == 3
+    assert err.getvalue().count("[image saved:") == 3

@@ -27,7 +27,7 @@ def answer_with_calls(make_user: Any, text: str, offsets: list[int]) -> Message:
             status="complete",
             result={"status": "ok", "image_id": f"id-{n}", "prompt": f"picture {n}"},
         )
-    return Message.objects.prefetch_related("tool_invocations__image").get(pk=answer.pk)
+    return Message.objects.prefetch_related("tool_invocations__images").get(pk=answer.pk)
 
 
 def test_segments_cut_the_text_at_each_tool_call(make_user: Any) -> None:

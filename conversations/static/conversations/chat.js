@@ -6,6 +6,7 @@ import * as attachments from "./attachments.js";
 import * as composer from "./composer.js";
 import { confirmCopied, copyText, newId } from "./dom.js";
 import { openLightbox } from "./lightbox.js";
+import { editRequest, flashParent } from "./images.js";
 import * as sidebar from "./sidebar.js";
 import { Connection } from "./socket.js";
 import * as thread from "./thread.js";
@@ -201,6 +202,7 @@ const handlers = {
     if ("images_left_today" in frame) setImagesLeft(frame.images_left_today);
     announce("The image is ready.");
   },
+  "tool.preview": (frame) => thread.showPreview(frame),
   "tool.failed": (frame) => {
     thread.showImageFailed(thread.answer(frame.message_id), frame);
     announce(`The image could not be made. ${frame.error?.message || ""}`);
@@ -311,6 +313,11 @@ function regenerate(type = "turn.regenerate") {
 }
 
 threadEl.addEventListener("click", async (event) => {
+  const parentLink = event.target.closest("a[data-parent-id]");
+  if (parentLink && flashParent(parentLink)) {
+    event.preventDefault();
+    return;
+  }
   const suggestion = event.target.closest("[data-suggestion]");
   if (suggestion) {
     composer.fill(suggestion.textContent.trim(), { replace: true });
@@ -333,7 +340,10 @@ threadEl.addEventListener("click", async (event) => {
       confirmCopied(button, await copyText(button.closest(".code-block").querySelector("pre").innerText));
       break;
     case "enlarge":
-      openLightbox(button.closest("figure"));
+      openLightbox(button.closest(".image-item") || button.closest("figure"));
+      break;
+    case "edit-image":
+      composer.fill(editRequest(button), { replace: true });
       break;
   }
 });

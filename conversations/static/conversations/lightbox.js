@@ -9,14 +9,15 @@ const download = document.getElementById("lightbox-download");
 const closeButton = document.getElementById("lightbox-close");
 let opener = null;
 
-/** Show the picture of an image card (figure.tool-card.is-complete). */
+/** Show the picture of an image card's item (.image-item), or of a card's first image. */
 export function openLightbox(card) {
   const thumbnail = card.querySelector("img");
   const link = card.querySelector('[data-slot="download"]');
   opener = document.activeElement;
   image.src = thumbnail.currentSrc || thumbnail.src;
   image.alt = thumbnail.alt;
-  caption.textContent = card.querySelector('[data-slot="caption"]').textContent;
+  const figure = card.closest("figure") || card;
+  caption.textContent = figure.querySelector('[data-slot="caption"]')?.textContent || "";
   download.href = link.href;
   download.setAttribute("download", link.getAttribute("download") || "");
   dialog.showModal();

@@ -4,6 +4,7 @@
 // and assistant.failed), which replaces the streamed text.
 
 import { clone, codePoints, dropCodePoints, icon, slot } from "./dom.js";
+import { buildCard, showPreview as showCardPreview } from "./images.js";
 
 const thread = document.getElementById("thread");
 const scroller = document.getElementById("messages");
@@ -177,41 +178,19 @@ export function showImageRunning(article, frame) {
   tickElapsed();
 }
 
-// Only the app's own image URLs become images (the server only sends those; this
-// holds even if a frame ever carried something else).
-function isOwnURL(url) {
-  try {
-    return new URL(url, window.location.href).origin === window.location.origin;
-  } catch {
-    return false;
-  }
-}
-
 export function showImage(article, frame) {
-  const { image } = frame;
-  if (!isOwnURL(image.url)) {
+  const card = buildCard(frame);
+  if (!card) {
     showImageFailed(article, { ...frame, error: { message: "The image is not on this site." } });
     return;
   }
-  const card = clone("tpl-tool-image");
-  const img = slot(card, "img");
-  img.src = image.url;
-  img.alt = image.prompt || "";
-  img.width = image.width;
-  img.height = image.height;
-  slot(card, "caption").textContent = image.revised_prompt || image.prompt || "";
-  const notes = slot(card, "notes");
-  for (const note of frame.notes || []) {
-    const item = document.createElement("li");
-    item.textContent = note;
-    notes.append(item);
-  }
-  notes.hidden = !notes.children.length;
-  const download = slot(card, "download");
-  download.href = `${image.url}?download=1`;
-  download.setAttribute("download", `chatimg-${String(image.id).slice(0, 8)}`);
   placeCard(article, frame.tool_call_id, card);
   tickElapsed();
+}
+
+/** A partial image while the card's image is drawn (tool.preview). */
+export function showPreview(frame) {
+  showCardPreview(findCard(frame.tool_call_id), frame);
 }
 
 export function showImageFailed(article, frame) {

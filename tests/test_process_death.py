@@ -299,3 +299,37 @@ async def test_a_redis_restart_mid_answer_ends_it_typed_and_leaves_nothing_stuck
     )
     done = (await writer.receive_until("assistant.completed", "error", timeout=60))[-1]
     assert (done["type"], done.get("status")) == ("assistant.completed", "complete")
+
+
+async def test_followers_on_either_process_get_every_character_once_in_order(
+    stack: Any, clients: Any, model: OfflineModelServer
+) -> None:
+    """In-process delivery on the answer's process, the stream on the other: the
+    same text, no character lost, repeated or out of order, and one end each."""
+    one, two, _token, _redis, _database = stack
+    tokens = [f"t{n}{'é' if n % 7 == 0 else ''} " for n in range(400)]
+    model.script_chat(Reply(text="Seed."))
+    model.script_chat(Reply(tokens=tokens, token_delay=0.005))
+    writer = await clients(one)
+    await writer.send("message.send", client_message_id=uuid.uuid4().hex, text="seed")
+    conversation = (await writer.receive_until("message.accepted"))[-1]["conversation_id"]
+    await writer.receive_until("assistant.completed")
+    early = [await clients(one), await clients(two)]
+    for follower in early:  # following before the answer starts
+        await follower.send("conversation.subscribe", conversation_id=conversation)
+        await follower.receive_until("assistant.completed")
+    await writer.send(
+        "message.send", conversation_id=conversation, client_message_id="long", text="long"
+    )
+    answer = (await writer.receive_until("message.accepted"))[-1]["assistant_message_id"]
+    while len(writer.text(answer)) < 300:
+        await writer.receive_until("assistant.delta")
+    late = [await clients(one), await clients(two)]
+    for follower in late:  # joining mid-answer, from scratch
+        await follower.send("conversation.subscribe", conversation_id=conversation)
+    everyone = [writer, *early, *late]
+    for client in everyone:
+        await client.receive_until("assistant.completed")
+    for client in everyone:
+        assert client.text(answer) == "".join(tokens)
+        assert len(client.ends(answer)) == 1

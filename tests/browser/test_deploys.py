@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, expect
 
 from offline_model import OfflineModelServer, Reply
 from tests.browser.conftest import TIMEOUT_MS, PageErrors, log_in_as

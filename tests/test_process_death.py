@@ -96,7 +96,12 @@ def stack(model: OfflineModelServer) -> Iterator[tuple[AppServer, AppServer, str
     redis.start()
     database = DATABASE_URL.rsplit("/", 1)[0] + f"/chatimg_death_{uuid.uuid4().hex[:8]}"
     env = server_env(
-        tmp, model.base_url, REDIS_URL=redis.url, DATABASE_URL=database, LOG_LEVEL="INFO"
+        tmp,
+        model.base_url,
+        REDIS_URL=redis.url,
+        DATABASE_URL=database,
+        LOG_LEVEL="INFO",
+        CHATIMG_LLM_TITLES="0",  # a title request would take the next scripted reply
     )
     servers: list[AppServer] = []
     try:

@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from offline_model import OfflineModelServer, Reply
-from tests.browser.conftest import TIMEOUT_MS, PageErrors, log_in_as
+from tests.browser.conftest import TIMEOUT_MS, PageErrors, log_in_as, wait_until_ready
 from tests.browser.helpers import answers, conversation_id, last_answer, send, stored_answers
 from tests.servers import REPO, AppServer, http_status, launch, server_env, stop
 from tests.waiting import within
@@ -74,7 +74,18 @@ def test_a_message_refused_by_a_draining_server_is_sent_again_and_answered_once(
         log_in_as(busy, username)
         send(busy, "a long one")
         expect(last_answer(busy)).to_have_attribute("data-status", "streaming")
-        log_in_as(page, username)  # the same session: the chat page, a new chat
+        refusals: list[str] = []
+        page.on(
+            "websocket",
+            lambda socket: socket.on(
+                "framereceived",
+                lambda payload: (
+                    refusals.append(str(payload)) if "server_draining" in str(payload) else None
+                ),
+            ),
+        )
+        page.goto("/")  # the same session: the chat page, a new chat
+        wait_until_ready(page)
 
         assert own_server.process is not None
         own_server.process.send_signal(signal.SIGTERM)  # a deploy: the process drains
@@ -85,6 +96,7 @@ def test_a_message_refused_by_a_draining_server_is_sent_again_and_answered_once(
         # The drain lets the long answer finish, then the process exits.
         expect(last_answer(busy)).to_have_attribute("data-status", "complete", timeout=40_000)
         own_server.process.wait(timeout=40)
+        assert refusals, "the draining server never refused the message"
         restart_on_the_same_address(own_server)
 
         # The page is back, sends the message again, and its answer comes once.

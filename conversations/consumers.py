@@ -242,6 +242,9 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
             delivery.read_remote(uuid.UUID(event["conversation_id"]), event["message_id"])
 
     async def _send_event(self, event: dict[str, Any]) -> None:
+        starts = event.get("starts")
+        if starts is not None:
+            self.follower.ended.discard(starts)  # a continuation: it will end again
         ends = event.get("ends")
         if ends is not None and not self.follower.ends(ends):
             return  # its final frame came already (a sweep and a reader both tell it)

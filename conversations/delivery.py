@@ -104,8 +104,12 @@ def delta_event(
     }
 
 
-def frame_event(frame: str, *, ends: int | None = None) -> dict[str, Any]:
+def frame_event(
+    frame: str, *, starts: int | None = None, ends: int | None = None
+) -> dict[str, Any]:
     event: dict[str, Any] = {"type": "chat.event", "frame": frame}
+    if starts is not None:
+        event["starts"] = starts  # this answer (re)starts: a continuation ends again
     if ends is not None:
         event["ends"] = ends  # the final frame of this answer: a socket takes one
     return event
@@ -161,9 +165,14 @@ async def _read(conversation_id: uuid.UUID, message_id: int, after: str) -> None
                 event = delta_event(conversation_id, message_id, entry["offset"], entry["text"])
                 await to_local(conversation_id, event)
             else:
-                last = message_id if entry["last"] else None
-                await to_local(conversation_id, frame_event(entry["frame"], ends=last))
-                if last is not None:
+                mark = entry["mark"]
+                event = frame_event(
+                    entry["frame"],
+                    starts=message_id if mark == streams.START else None,
+                    ends=message_id if mark == streams.END else None,
+                )
+                await to_local(conversation_id, event)
+                if mark == streams.END:
                     return
         if not entries and await _ended(conversation_id, message_id):
             return

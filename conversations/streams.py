@@ -33,20 +33,23 @@ MAX_DELTAS = 20_000
 
 class Streams(Protocol):
     async def append(self, message_id: int, offset: int, text: str) -> None: ...
-    async def append_event(self, message_id: int, frame: str, *, last: bool = False) -> None: ...
+    async def append_event(self, message_id: int, frame: str, *, mark: str = "") -> None: ...
     async def finish(self, message_id: int) -> None: ...
     def deltas(self, message_id: int) -> list[tuple[int, str]]: ...
     async def read_deltas(self, message_id: int) -> list[tuple[int, str]]: ...
 
 
 #: One entry of an answer's stream, as a remote reader gets it.
-Entry = dict[str, Any]  # {"offset", "text"} | {"frame", "last"}
+Entry = dict[str, Any]  # {"offset", "text"} | {"frame", "mark"}
+#: An event's mark: the answer's first event (it starts, or starts again: a
+#: continuation) and its last (the final frame, after which nothing comes).
+START, END = "start", "end"
 
 
 def _entry(fields: dict[bytes, bytes]) -> Entry:
     if b"o" in fields:
         return {"offset": int(fields[b"o"]), "text": fields[b"t"].decode()}
-    return {"frame": fields[b"f"].decode(), "last": fields.get(b"x") == b"1"}
+    return {"frame": fields[b"f"].decode(), "mark": fields.get(b"x", b"").decode()}
 
 
 def rebuild(base: str, deltas: list[tuple[int, str]]) -> str:
@@ -88,8 +91,8 @@ class RedisStreams:
             pipe.expire(key, 86_400)  # never kept for ever, even if its end is lost
             await pipe.execute()
 
-    async def append_event(self, message_id: int, frame: str, *, last: bool = False) -> None:
-        fields = {"f": frame, "x": "1"} if last else {"f": frame}
+    async def append_event(self, message_id: int, frame: str, *, mark: str = "") -> None:
+        fields = {"f": frame, "x": mark} if mark else {"f": frame}
         await self.live.xadd(self.key(message_id), fields, maxlen=MAX_DELTAS, approximate=True)
 
     async def finish(self, message_id: int) -> None:
@@ -138,7 +141,7 @@ class FileStreams:
         finally:
             os.close(fd)
 
-    async def append_event(self, message_id: int, frame: str, *, last: bool = False) -> None:
+    async def append_event(self, message_id: int, frame: str, *, mark: str = "") -> None:
         """Nothing: without Redis there is one process, and its followers get events in-process."""
 
     async def finish(self, message_id: int) -> None:

@@ -133,7 +133,7 @@ class Turn:
         messages = await dbpool.run(self._load_context)()
         if self.context.continuation:
             self.stream = Coalescer(self.stream.window, self._publish_delta, self.resume_from)
-        await self._publish(protocol.assistant_started(*self._ids()))
+        await self._publish(protocol.assistant_started(*self._ids()), mark=streams.START)
         try:
             # Other processes' followers read the stream from its start (the event above).
             await delivery.announce(*self._ids())
@@ -307,19 +307,21 @@ class Turn:
             delivery.delta_event(self.context.conversation_id, message_id, offset, text),
         )
 
-    async def _publish(self, payload: str, *, last: bool = False) -> None:
+    async def _publish(self, payload: str, *, mark: str = "") -> None:
         """An event, after the text before it: into the stream, then to local followers."""
 
         async def send() -> None:
             message_id = self.context.message_id
             try:
-                await streams.streams().append_event(message_id, payload, last=last)
+                await streams.streams().append_event(message_id, payload, mark=mark)
             except Exception as exc:
                 log.warning("answer %s: the stream append failed: %s", message_id, exc)
-            ends = message_id if last else None
-            await delivery.to_local(
-                self.context.conversation_id, delivery.frame_event(payload, ends=ends)
+            event = delivery.frame_event(
+                payload,
+                starts=message_id if mark == streams.START else None,
+                ends=message_id if mark == streams.END else None,
             )
+            await delivery.to_local(self.context.conversation_id, event)
 
         await self.stream.then(send)
 
@@ -346,7 +348,7 @@ class Turn:
                 error_code=code,
                 error_message=message,
             ),
-            last=True,
+            mark=streams.END,
         )
         try:
             await streams.streams().finish(self.context.message_id)

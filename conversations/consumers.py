@@ -55,6 +55,8 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         self.following: set[uuid.UUID] = set()
         self.follower = Follower()
         self.tasks: set[asyncio.Task[None]] = set()
+        # While set, frames from turns wait here (behind this socket's acceptance).
+        self.held: list[dict[str, Any]] | None = None
         self.frame_window = limits.FrameWindow()
         # Revocations reach the socket through its user's group (access.py).
         self.credentials = access.Credentials.of(self.scope)
@@ -103,22 +105,28 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         if created:
             # Other tabs and devices following the conversation see the question too.
             await runtime.publish(conversation.pk, created_frame, skip=self)
-        await self.send(
-            protocol.message_accepted(
-                conversation.pk,
-                client_message_id=frame.client_message_id,
-                message_id=question.pk,
-                assistant_message_id=answer.pk,
-                duplicate=not created,
-                title=conversation.title or Conversation.title_from(frame.text),
-                url=conversation.get_absolute_url(),
-            )
-        )
-        if created:
-            # Its own echo after the acceptance, and the answer after both: its
-            # frames come in-process, straight from the turn.
-            await self.send(created_frame)
+            # The turn starts at once; its frames wait until this socket has sent
+            # its acceptance (they come in-process, straight from the turn).
+            self.held = []
             await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user))
+        try:
+            await self.send(
+                protocol.message_accepted(
+                    conversation.pk,
+                    client_message_id=frame.client_message_id,
+                    message_id=question.pk,
+                    assistant_message_id=answer.pk,
+                    duplicate=not created,
+                    title=conversation.title or Conversation.title_from(frame.text),
+                    url=conversation.get_absolute_url(),
+                )
+            )
+            if created:
+                await self.send(created_frame)  # its own echo, after the acceptance
+        finally:
+            held, self.held = self.held, None
+            for event in held or ():
+                await self.local_frame(event)
         if not created:
             await self._catch_up(conversation, answer.pk, offset=0)
 
@@ -226,6 +234,9 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
 
     async def local_frame(self, event: dict[str, Any]) -> None:
         """An event from a turn (or a reader of another process's answer) of this process."""
+        if self.held is not None:
+            self.held.append(event)
+            return
         if event["type"] == "chat.delta":
             await self.chat_delta(event)
         else:

@@ -8,6 +8,7 @@ running. Its socket closes when its credentials end (access.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,17 @@ from django.contrib.auth.models import User
 from django.db.models import prefetch_related_objects
 
 from chatimg.layers import FastDispatchConsumer
-from conversations import access, dbpool, frames, limits, protocol, runtime
+from conversations import (
+    access,
+    dbpool,
+    delivery,
+    frames,
+    instances,
+    limits,
+    protocol,
+    runtime,
+    streams,
+)
 from conversations.following import Follower
 from conversations.models import Conversation, Message
 from conversations.turns import TurnContext
@@ -30,7 +41,7 @@ R = TypeVar("R")
 
 class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
     # Events of a turn never touch the database: no hop to the ORM thread first.
-    FAST = frozenset({"chat.delta", "chat.event"})
+    FAST = frozenset({"chat.delta", "chat.event", "chat.answer"})
     user: User  # set at connect; a socket that is not logged in is closed there
 
     async def connect(self) -> None:
@@ -42,7 +53,11 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
             await self.end_access("Log in first.")
             return
         self.groups_joined: set[str] = set()
+        self.following: set[uuid.UUID] = set()
         self.follower = Follower()
+        self.tasks: set[asyncio.Task[None]] = set()
+        # While set, frames from turns wait here (behind this socket's acceptance).
+        self.held: list[dict[str, Any]] | None = None
         self.frame_window = limits.FrameWindow()
         # Revocations reach the socket through its user's group (access.py).
         self.credentials = access.Credentials.of(self.scope)
@@ -53,6 +68,10 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.stop_watching()
+        for conversation_id in getattr(self, "following", ()):
+            delivery.unfollow(conversation_id, self)
+        for task in getattr(self, "tasks", ()):
+            task.cancel()
         for group in getattr(self, "groups_joined", ()):
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -81,31 +100,36 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         conversation, question, answer, created = await dbpool.run(self._begin_turn)(frame)
         await self._follow(conversation)
         self.follower.offsets.setdefault(answer.pk, 0)
+        attached = [item.summary() for item in question.attachments.all()]
+        created_frame = protocol.message_created(
+            conversation.pk, question.pk, frame.client_message_id, frame.text, attached
+        )
         if created:
             # Other tabs and devices following the conversation see the question too.
-            await runtime.publish(
-                conversation.pk,
-                protocol.message_created(
-                    conversation.pk,
-                    question.pk,
-                    frame.client_message_id,
-                    frame.text,
-                    [item.summary() for item in question.attachments.all()],
-                ),
-            )
+            await runtime.publish(conversation.pk, created_frame, skip=self)
+            # The turn starts at once; its frames wait until this socket has sent
+            # its acceptance (they come in-process, straight from the turn).
+            self.held = []
             await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user))
-        await self.send(
-            protocol.message_accepted(
-                conversation.pk,
-                client_message_id=frame.client_message_id,
-                message_id=question.pk,
-                assistant_message_id=answer.pk,
-                duplicate=not created,
-                title=conversation.title or Conversation.title_from(frame.text),
-                url=conversation.get_absolute_url(),
-                attachments=[item.summary() for item in question.attachments.all()],
+        try:
+            await self.send(
+                protocol.message_accepted(
+                    conversation.pk,
+                    client_message_id=frame.client_message_id,
+                    message_id=question.pk,
+                    assistant_message_id=answer.pk,
+                    duplicate=not created,
+                    title=conversation.title or Conversation.title_from(frame.text),
+                    url=conversation.get_absolute_url(),
+                    attachments=attached,
+                )
             )
-        )
+            if created:
+                await self.send(created_frame)  # its own echo, after the acceptance
+        finally:
+            held, self.held = self.held, None
+            for event in held or ():
+                await self.local_frame(event)
         if not created:
             await self._catch_up(conversation, answer.pk, offset=0)
 
@@ -175,6 +199,10 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
     # --- following a conversation ---------------------------------------------
 
     async def _follow(self, conversation: Conversation) -> None:
+        # In-process first: this process's answers come straight from their turns.
+        if conversation.pk not in self.following:
+            delivery.follow(conversation.pk, self)
+            self.following.add(conversation.pk)
         await self._join(protocol.group_name(conversation.pk))
 
     async def _join(self, group: str) -> None:
@@ -187,26 +215,79 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
     ) -> None:
         """Bring the client level with the conversation's latest answer.
 
-        The group is joined first, then the state is read, so nothing published
-        in between is missed; offsets make the overlap harmless.
+        The conversation is followed first, then the state is read, so nothing
+        published in between is missed; offsets make the overlap harmless. A
+        streaming answer's text comes from its stream, on any process, without
+        asking the process that runs it.
         """
         latest, html = await database_sync_to_async(conversation.catch_up)(message_id)
         for frame in self.follower.catch_up(conversation.pk, latest, message_id, offset, html):
             await self.send(frame)
-        if latest is not None and latest.status == Message.Status.STREAMING:
-            # The owner of the turn (this process or another) answers with
-            # the text published so far; deltas after it arrive through the group.
-            await runtime.request_snapshot(conversation.pk, self.channel_name)
+        if latest is None or latest.status != Message.Status.STREAMING:
+            return
+        if latest.owner != instances.INSTANCE:
+            # What comes next arrives through the stream, from where it is now.
+            position = await _stream_tail(latest.pk)
+            delivery.read_remote(conversation.pk, latest.pk, position)
+        text = await streams.live_text(latest)
+        await self.chat_delta(delivery.delta_event(conversation.pk, latest.pk, 0, text))
+
+    async def _resync(self, conversation_id: uuid.UUID, message_id: int) -> None:
+        """A gap in what this socket got (a delta lost on the way): fill it from the stream."""
+        latest = await Message.objects.filter(pk=message_id).afirst()
+        if latest is None:
+            return
+        text = await streams.live_text(latest)
+        await self.chat_delta(delivery.delta_event(conversation_id, message_id, 0, text))
 
     # --- events from the turn engine ------------------------------------------
 
+    async def local_frame(self, event: dict[str, Any]) -> None:
+        """An event from a turn (or a reader of another process's answer) of this process."""
+        if self.held is not None:
+            self.held.append(event)
+            return
+        if event["type"] == "chat.delta":
+            await self.chat_delta(event)
+        else:
+            await self._send_event(event)
+
     async def chat_event(self, event: dict[str, Any]) -> None:
+        if event.get("origin") == instances.INSTANCE:
+            return  # this process's own: its sockets had it in-process already
+        await self._send_event(event)
+
+    async def chat_answer(self, event: dict[str, Any]) -> None:
+        """Another process started an answer in a conversation this socket follows."""
+        if event["origin"] != instances.INSTANCE:
+            delivery.read_remote(uuid.UUID(event["conversation_id"]), event["message_id"])
+
+    async def _send_event(self, event: dict[str, Any]) -> None:
+        starts = event.get("starts")
+        if starts is not None:
+            self.follower.ended.discard(starts)  # a continuation: it will end again
+        ends = event.get("ends")
+        if ends is not None and not self.follower.ends(ends):
+            return  # its final frame came already (a sweep and a reader both tell it)
         await self.send(event["frame"])
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
-        delivery = self.follower.deliver(event)
-        if delivery.frame is not None:
-            await self.send(delivery.frame)
-        elif delivery.resync:
-            conversation_id = uuid.UUID(event["conversation_id"])
-            await runtime.request_snapshot(conversation_id, self.channel_name)
+        delivery_ = self.follower.deliver(event)
+        if delivery_.frame is not None:
+            await self.send(delivery_.frame)
+        elif delivery_.resync:
+            task = asyncio.get_running_loop().create_task(
+                self._resync(uuid.UUID(event["conversation_id"]), event["message_id"])
+            )
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+
+async def _stream_tail(message_id: int) -> str:
+    stream = streams.streams()
+    if not isinstance(stream, streams.RedisStreams):
+        return "0-0"
+    try:
+        return await stream.tail(message_id)
+    except Exception:  # Redis away: the reader retries, and the database says the end
+        return "0-0"

@@ -1,9 +1,11 @@
 """What one client has of each answer, so that it gets exactly the characters it lacks.
 
-Deltas reach a socket from the live stream, from a snapshot after a resubscribe,
-or twice when the two overlap; the protocol promises each client every
-character once, in order. Pure bookkeeping, no I/O: the consumer sends what
-`deliver` returns and asks for a snapshot when it says so.
+Deltas reach a socket from its answer's turn (or a reader of its stream), from
+the stream itself after a resubscribe or a gap, or twice when the two overlap;
+an answer's final frame may come from its turn and from a sweep or a reader
+that saw it end. The protocol promises each client every character once, in
+order, and one end per answer. Pure bookkeeping, no I/O: the consumer sends
+what `deliver` returns and reads the stream when it says so.
 """
 
 from __future__ import annotations
@@ -18,13 +20,21 @@ from conversations import protocol
 @dataclass
 class Delivery:
     frame: str | None = None  # what to send, if anything
-    resync: bool = False  # a gap: ask the turn's owner for its text so far
+    resync: bool = False  # a gap: read the answer's text so far from its stream
 
 
 @dataclass
 class Follower:
     offsets: dict[int, int] = field(default_factory=dict)  # message_id -> characters held
     resyncing: set[int] = field(default_factory=set)
+    ended: set[int] = field(default_factory=set)  # answers whose final frame was sent
+
+    def ends(self, message_id: int) -> bool:
+        """Whether the final frame of this answer is still to send (then it is taken as sent)."""
+        if message_id in self.ended:
+            return False
+        self.ended.add(message_id)
+        return True
 
     def holds(self, message_id: int, length: int) -> None:
         self.offsets[message_id] = length
@@ -58,8 +68,8 @@ class Follower:
         """The frames that bring a client level with `latest` (a Message, or None).
 
         The state; for a finished answer, the text the client lacks and the
-        final frame. For a streaming one the text comes from its turn's
-        snapshot, which the caller requests.
+        final frame. For a streaming one the text comes from its stream, which
+        the caller reads.
         """
         if latest is None:
             return [protocol.conversation_state(conversation_id, None, None)]
@@ -74,4 +84,5 @@ class Follower:
                 protocol.assistant_delta(conversation_id, latest.pk, have, latest.text[have:])
             )
         self.holds(latest.pk, length)
+        self.ended.add(latest.pk)  # asked for: sent again, but live copies are not
         return [*sent, protocol.final_frame(latest, html)]

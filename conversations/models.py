@@ -13,7 +13,7 @@ import hashlib
 import logging
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +26,7 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
+from conversations import instances
 from conversations.protocol import ChatimgError
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,7 @@ class Conversation(models.Model):
                     status=Message.Status.STREAMING,
                     truncated=False,
                     heartbeat_at=timezone.now(),
+                    owner=instances.current(),
                 )
         except IntegrityError:
             raise TurnInProgress from None
@@ -334,16 +336,56 @@ class MessageQuerySet(models.QuerySet["Message"]):
         stale = Q(status=Message.Status.STREAMING)
         if not all_streaming:
             stale &= Q(heartbeat_at__lt=cutoff)
+        return self._close(stale, now, text_of)
+
+    def streaming_owners(self) -> set[str]:
+        """The instances (processes) that run an answer now, as the database says."""
+        rows = self.filter(status=Message.Status.STREAMING).values_list("owner", flat=True)
+        return set(rows.distinct())
+
+    def mark_orphans_interrupted(
+        self, owners: Collection[str], *, text_of: Callable[[Message], str] | None = None
+    ) -> list[Message]:
+        """Close the streaming answers of these owners, whose leases lapsed (they died)."""
+        orphaned = Q(status=Message.Status.STREAMING, owner__in=list(owners))
+        return self._close(orphaned, timezone.now(), text_of)
+
+    def close_orphan(
+        self,
+        conversation_id: Any,
+        status: str,
+        *,
+        text_of: Callable[[Message], str] | None = None,
+        owner: str | None = None,
+    ) -> list[Message]:
+        """End the conversation's streaming answer that no process runs (Stop on an
+        orphan): at once, with its recovered text. `owner`, when given, must still
+        be the answer's owner (a turn that started meanwhile is not touched)."""
+        orphan = Q(status=Message.Status.STREAMING, conversation_id=conversation_id)
+        if owner is not None:
+            orphan &= Q(owner=owner)
+        return self._close(orphan, timezone.now(), text_of, status)
+
+    def _close(
+        self,
+        which: Q,
+        now: Any,
+        text_of: Callable[[Message], str] | None,
+        status: str = "interrupted",
+    ) -> list[Message]:
+        if status == Message.Status.CANCELLED:
+            error = {"error_code": "", "error_message": ""}
+        else:
+            error = {"error_code": "interrupted", "error_message": INTERRUPTED_MESSAGE}
         closed = []
-        for message in self.filter(stale):
+        for message in self.filter(which):
             with transaction.atomic():
                 # Conditional, so that two sweepers (or a late heartbeat) never race.
                 recovered = {"text": text_of(message)} if text_of else {}
-                won = Message.objects.filter(stale, pk=message.pk).update(
+                won = Message.objects.filter(which, pk=message.pk).update(
                     **recovered,
-                    status=Message.Status.INTERRUPTED,
-                    error_code="interrupted",
-                    error_message=INTERRUPTED_MESSAGE,
+                    **error,
+                    status=status,
                     heartbeat_at=None,
                     updated_at=now,
                 )
@@ -390,6 +432,9 @@ class Message(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
     # Written at every checkpoint; a stale one means the turn's process died.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The instance (process) that runs the answer: it created the row, so the
+    # default is this process (conversations/instances.py keeps its lease).
+    owner = models.CharField(max_length=100, blank=True, default=instances.current)
     # The model stopped at its length limit (finish_reason "length"): the text
     # is kept, and the answer can be continued (turn.continue).
     truncated = models.BooleanField(default=False)
@@ -456,11 +501,16 @@ class Message(models.Model):
         parts.append((self.text[start:], None))
         return parts
 
-    def checkpoint(self, text: str) -> None:
-        """Save the streamed text so far and prove the turn is alive (one UPDATE)."""
+    def checkpoint(self, text: str) -> bool:
+        """Save the streamed text so far and prove the turn is alive (one UPDATE).
+
+        False when the answer is no longer streaming: something else ended it
+        (a Stop or a sweep that took this process for dead)."""
         now = timezone.now()
-        Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(
-            text=text, heartbeat_at=now, updated_at=now
+        return bool(
+            Message.objects.filter(pk=self.pk, status=Message.Status.STREAMING).update(
+                text=text, heartbeat_at=now, updated_at=now
+            )
         )
 
     def finish(

@@ -114,11 +114,6 @@ def group_name(conversation_id: uuid.UUID) -> str:
     return f"conv.{conversation_id.hex}"
 
 
-def control_group(conversation_id: uuid.UUID) -> str:
-    """The group a running turn listens on for cancel and snapshot requests."""
-    return f"turnctl.{conversation_id.hex}"
-
-
 def encode(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, **fields}, separators=(",", ":"))
 

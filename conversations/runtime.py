@@ -7,20 +7,26 @@ nothing of the runtime.
 
 - The registry: the turns of this process by conversation. Holding the task
   here is what keeps an answer alive after the socket that asked for it closed.
-- The control receiver: one channel per process, in each running turn's
-  control group, for cancel and snapshot requests from any process. Cancelling
-  a pending channels-redis receive() mid-BZPOPMIN leaves the shared connection
-  unusable for the process's other receivers, so turns do not each run (and
-  cancel) a receiver of their own.
+- The control receiver: one channel per process, for a Stop from any process.
+  Its name is the value of the process's lease (conversations/instances.py),
+  so a Stop goes straight to the answer's owner. Cancelling a pending
+  channels-redis receive() mid-BZPOPMIN leaves the shared connection unusable
+  for the process's other receivers, so turns do not each run (and cancel) a
+  receiver of their own.
+- The lease: renewed every RENEW_SECONDS while the process lives (with Redis).
 - Storage deletions that failed are retried (conversations/deletions.py).
-- The sweep: answers whose process died (no heartbeat lately) are closed, and
-  their followers told; at start-up and then periodically, in every process
-  (it is idempotent).
+- The sweeps, in every process (they are idempotent): every SWEEP_SECONDS the
+  answers whose owner's lease lapsed are closed `interrupted` with the text of
+  their stream, and their followers told; more slowly, answers without a fresh
+  heartbeat (rows from before owners were recorded, or a Redis without leases).
+- Stop always works: an answer that no living process runs (its owner's lease
+  lapsed, or its owner has no turn for it) is ended at once, with its text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import uuid
@@ -33,7 +39,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations import dbpool, deletions, protocol, streams
+from conversations import dbpool, deletions, delivery, instances, protocol, streams
 from conversations.models import Message
 from conversations.turns import Turn, TurnContext
 
@@ -72,6 +78,15 @@ async def _runtime() -> _Runtime:
         # channel through one BZPOPMIN on "specific.<client>!", under one lock.
         channel = await get_channel_layer().new_channel()
         runtime = _Runtime(channel)
+        leases = instances.leases()
+        if leases is not None:
+            # Before any turn: an answer must never exist with a lapsed owner.
+            try:
+                await leases.renew(channel)
+            except Exception as exc:
+                log.warning("the first lease renewal failed: %s", exc)
+            _background(runtime, _keep_lease(leases, channel))
+            _background(runtime, _sweep_orphans_forever(leases))
         _background(runtime, _serve_control(runtime))
         _background(runtime, _sweep_forever())
         _background(runtime, deletions.retry_forever())
@@ -121,6 +136,11 @@ async def stop(grace: float | None = None) -> None:
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    leases = instances.leases()
+    if leases is not None:
+        # Everything it ran is stored: the others need not wait for the lease to lapse.
+        with contextlib.suppress(Exception):
+            await leases.release()
     await asyncio.to_thread(dbpool.close)
 
 
@@ -151,8 +171,6 @@ async def launch(context: TurnContext) -> Turn:
     """Start a turn as a task of this process (it outlives the calling socket)."""
     runtime = await _runtime()
     turn = Turn(context)
-    group = protocol.control_group(context.conversation_id)
-    await get_channel_layer().group_add(group, runtime.channel)
     runtime.running[context.conversation_id] = turn
 
     async def run() -> None:
@@ -160,7 +178,6 @@ async def launch(context: TurnContext) -> Turn:
             await turn.run()
         finally:
             runtime.running.pop(context.conversation_id, None)
-            await get_channel_layer().group_discard(group, runtime.channel)
         if turn.wants_title:
             # After the answer, not before: a title must never delay the text.
             _background(runtime, turn.retitle())
@@ -169,11 +186,12 @@ async def launch(context: TurnContext) -> Turn:
     return turn
 
 
-async def publish(conversation_id: uuid.UUID, frame: str) -> None:
-    """Send one protocol frame to everyone following the conversation, on any process."""
-    await get_channel_layer().group_send(
-        protocol.group_name(conversation_id), {"type": "chat.event", "frame": frame}
-    )
+async def publish(
+    conversation_id: uuid.UUID, frame: str, *, skip: delivery.LocalFollower | None = None
+) -> None:
+    """Send one protocol frame to everyone following the conversation, on any process
+    (but `skip`, a socket of this process that has it already)."""
+    await delivery.publish(conversation_id, delivery.frame_event(frame), skip=skip)
 
 
 def running(conversation_id: uuid.UUID) -> Turn | None:
@@ -182,23 +200,43 @@ def running(conversation_id: uuid.UUID) -> Turn | None:
 
 
 async def request_cancel(conversation_id: uuid.UUID) -> None:
-    """Cancel the conversation's turn wherever it runs (this or another process)."""
+    """Stop the conversation's answer wherever it runs, or at once if nothing runs it."""
     turn = running(conversation_id)
     if turn is not None:
         turn.cancel()
         return
-    await get_channel_layer().group_send(
-        protocol.control_group(conversation_id),
-        {"type": "turn.cancel", "conversation_id": str(conversation_id)},
+    owner = (
+        await Message.objects.filter(
+            conversation_id=conversation_id, status=Message.Status.STREAMING
+        )
+        .values_list("owner", flat=True)
+        .afirst()
     )
+    if owner is None:
+        return  # nothing streams: it ended meanwhile
+    leases = instances.leases()
+    if owner != instances.INSTANCE and leases is not None:
+        try:
+            channel = (await leases.channels([owner]))[owner]
+        except Exception as exc:  # Redis away: the owner cannot be reached, nor renew
+            log.warning("Stop: the owner's lease could not be read (%s); ending it here", exc)
+            channel = None
+        if channel is not None:
+            # The owner lives: it stops its turn, or ends the answer if it has none.
+            await get_channel_layer().send(
+                channel,
+                {"type": "turn.cancel", "conversation_id": str(conversation_id), "owner": owner},
+            )
+            return
+    # Its owner is this process (without the turn), or gone, or there is one
+    # process (no Redis): no turn runs it anywhere. End it now, with its text.
+    await end_orphan(conversation_id, owner)
 
 
-async def request_snapshot(conversation_id: uuid.UUID, reply_to: str) -> None:
-    """Ask the turn's owner to send the text published so far to `reply_to`."""
-    await get_channel_layer().group_send(
-        protocol.control_group(conversation_id),
-        {"type": "turn.snapshot", "conversation_id": str(conversation_id), "reply_to": reply_to},
-    )
+async def end_orphan(conversation_id: uuid.UUID, owner: str) -> None:
+    """The user's Stop on an answer no process runs: `cancelled` at once, with its text."""
+    closed = await database_sync_to_async(_close_orphan)(conversation_id, owner)
+    await _tell_closed(closed)
 
 
 async def _serve_control(runtime: _Runtime) -> None:
@@ -206,31 +244,94 @@ async def _serve_control(runtime: _Runtime) -> None:
     while True:
         request = await layer.receive(runtime.channel)
         try:
-            turn = runtime.running.get(uuid.UUID(request["conversation_id"]))
-            if turn is None:
-                continue  # finished meanwhile, or another process's turn
-            if request["type"] == "turn.cancel":
+            conversation_id = uuid.UUID(request["conversation_id"])
+            turn = runtime.running.get(conversation_id)
+            if request["type"] != "turn.cancel":
+                continue
+            if turn is not None:
                 turn.cancel()
-            elif request["type"] == "turn.snapshot":
-                await turn.send_snapshot(request["reply_to"])
+            elif request.get("owner") == instances.INSTANCE:
+                await end_orphan(conversation_id, instances.INSTANCE)
         except Exception:
             log.exception("bad turn control request %r", request)
 
 
 async def sweep_stale_turns() -> int:
-    """Close answers whose process died, and tell whoever follows them."""
+    """Close answers whose process died (no heartbeat lately), and tell whoever follows them."""
     closed = await database_sync_to_async(_close_stale)()
-    for message, html in closed:
-        await publish(message.conversation_id, protocol.final_frame(message, html))
+    await _tell_closed(closed)
     return len(closed)
 
 
-def _close_stale() -> list[tuple[Message, str]]:
-    closed = Message.objects.mark_stale_interrupted(text_of=streams.recovered_text)
+async def sweep_orphans(leases: instances.Leases) -> int:
+    """Close the answers of processes whose lease lapsed, and tell whoever follows them."""
+    owners = await database_sync_to_async(Message.objects.streaming_owners)()
+    owners -= {instances.INSTANCE, ""}  # this process knows its own; "" predates owners
+    if not owners:
+        return 0
+    dead = [owner for owner, channel in (await leases.channels(owners)).items() if not channel]
+    if not dead or not await leases.trustworthy():
+        return 0
+    log.warning("closing the answers of %d process(es) whose lease lapsed: %s", len(dead), dead)
+    closed = await database_sync_to_async(_close_orphans)(dead)
+    await _tell_closed(closed)
+    return len(closed)
+
+
+async def _tell_closed(closed: list[tuple[Message, str]]) -> None:
+    for message, html in closed:
+        conversation_id = message.conversation_id
+        # The text a follower lacks first (each trims what it holds), then the end.
+        text = delivery.delta_event(conversation_id, message.pk, 0, message.text)
+        await delivery.publish(conversation_id, text)
+        frame = protocol.final_frame(message, html)
+        await delivery.publish(conversation_id, delivery.frame_event(frame, ends=message.pk))
+        try:
+            await streams.streams().finish(message.pk)
+        except Exception as exc:
+            log.warning("answer %s: closing its stream failed: %s", message.pk, exc)
+
+
+def _with_html(closed: list[Message]) -> list[tuple[Message, str]]:
     answers = Message.objects.prefetch_related("tool_invocations__images__parents").filter(
         pk__in=[message.pk for message in closed]
     )
     return [(answer, answer.body_html()) for answer in answers]
+
+
+def _close_stale() -> list[tuple[Message, str]]:
+    return _with_html(Message.objects.mark_stale_interrupted(text_of=streams.recovered_text))
+
+
+def _close_orphans(owners: list[str]) -> list[tuple[Message, str]]:
+    return _with_html(
+        Message.objects.mark_orphans_interrupted(owners, text_of=streams.recovered_text)
+    )
+
+
+def _close_orphan(conversation_id: uuid.UUID, owner: str) -> list[tuple[Message, str]]:
+    closed = Message.objects.close_orphan(
+        conversation_id, Message.Status.CANCELLED, text_of=streams.recovered_text, owner=owner
+    )
+    return _with_html(closed)
+
+
+async def _keep_lease(leases: instances.Leases, channel: str) -> None:
+    while True:
+        await asyncio.sleep(instances.RENEW_SECONDS)
+        try:
+            await leases.renew(channel)
+        except Exception as exc:  # Redis away: nobody can read it lapse either
+            log.warning("renewing this process's lease failed: %s", exc)
+
+
+async def _sweep_orphans_forever(leases: instances.Leases) -> None:
+    while True:
+        await asyncio.sleep(instances.SWEEP_SECONDS)
+        try:
+            await sweep_orphans(leases)
+        except Exception as exc:
+            log.warning("sweeping orphaned answers failed: %s", exc)
 
 
 async def _sweep_forever() -> None:

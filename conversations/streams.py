@@ -6,7 +6,9 @@ coalescing window), not everything since its last database checkpoint:
 recovery rebuilds the text from the checkpoint and the stream (by offset).
 
 - With Redis: one Redis stream per answer (`XADD`, bounded), expired soon
-  after the answer ends. Any process can read it.
+  after the answer ends. Any process can read it, and it is how an answer
+  reaches followers on other processes (conversations/delivery.py): its
+  events (tool calls, the end) are entries too, in order with the text.
 - Without Redis (the embedded stack, one process): one append-only file per
   answer in `CHATIMG_STREAM_DIR`, removed when the answer ends. A killed
   process's writes are already in the operating system's hands.
@@ -31,8 +33,23 @@ MAX_DELTAS = 20_000
 
 class Streams(Protocol):
     async def append(self, message_id: int, offset: int, text: str) -> None: ...
+    async def append_event(self, message_id: int, frame: str, *, mark: str = "") -> None: ...
     async def finish(self, message_id: int) -> None: ...
     def deltas(self, message_id: int) -> list[tuple[int, str]]: ...
+    async def read_deltas(self, message_id: int) -> list[tuple[int, str]]: ...
+
+
+#: One entry of an answer's stream, as a remote reader gets it.
+Entry = dict[str, Any]  # {"offset", "text"} | {"frame", "mark"}
+#: An event's mark: the answer's first event (it starts, or starts again: a
+#: continuation) and its last (the final frame, after which nothing comes).
+START, END = "start", "end"
+
+
+def _entry(fields: dict[bytes, bytes]) -> Entry:
+    if b"o" in fields:
+        return {"offset": int(fields[b"o"]), "text": fields[b"t"].decode()}
+    return {"frame": fields[b"f"].decode(), "mark": fields.get(b"x", b"").decode()}
 
 
 def rebuild(base: str, deltas: list[tuple[int, str]]) -> str:
@@ -74,12 +91,35 @@ class RedisStreams:
             pipe.expire(key, 86_400)  # never kept for ever, even if its end is lost
             await pipe.execute()
 
+    async def append_event(self, message_id: int, frame: str, *, mark: str = "") -> None:
+        fields = {"f": frame, "x": mark} if mark else {"f": frame}
+        await self.live.xadd(self.key(message_id), fields, maxlen=MAX_DELTAS, approximate=True)
+
     async def finish(self, message_id: int) -> None:
         await self.live.expire(self.key(message_id), KEEP_AFTER_END_SECONDS)
 
     def deltas(self, message_id: int) -> list[tuple[int, str]]:
         entries: Any = self.sync.xrange(self.key(message_id))
-        return [(int(fields[b"o"]), fields[b"t"].decode()) for _, fields in entries]
+        return [(int(f[b"o"]), f[b"t"].decode()) for _, f in entries if b"o" in f]
+
+    async def read_deltas(self, message_id: int) -> list[tuple[int, str]]:
+        entries: Any = await self.live.xrange(self.key(message_id))
+        return [(int(f[b"o"]), f[b"t"].decode()) for _, f in entries if b"o" in f]
+
+    async def tail(self, message_id: int) -> str:
+        """The id of the stream's last entry ("0-0" for none): where a reader starts."""
+        entries: Any = await self.live.xrevrange(self.key(message_id), count=1)
+        return entries[0][0].decode() if entries else "0-0"
+
+    async def follow(self, message_id: int, after: str, block_ms: int) -> tuple[str, list[Entry]]:
+        """The entries after `after` (waiting up to `block_ms` for one), and the new position."""
+        found: Any = await self.live.xread({self.key(message_id): after}, block=block_ms, count=500)
+        entries: list[Entry] = []
+        for _key, rows in found or ():
+            for entry_id, fields in rows:
+                after = entry_id.decode()
+                entries.append(_entry(fields))
+        return after, entries
 
 
 class FileStreams:
@@ -101,8 +141,14 @@ class FileStreams:
         finally:
             os.close(fd)
 
+    async def append_event(self, message_id: int, frame: str, *, mark: str = "") -> None:
+        """Nothing: without Redis there is one process, and its followers get events in-process."""
+
     async def finish(self, message_id: int) -> None:
         self.path(message_id).unlink(missing_ok=True)
+
+    async def read_deltas(self, message_id: int) -> list[tuple[int, str]]:
+        return self.deltas(message_id)  # a small local file: no thread hop
 
     def deltas(self, message_id: int) -> list[tuple[int, str]]:
         try:
@@ -128,6 +174,15 @@ def _streams(redis_url: str, prefix: str, directory: str) -> Streams:
         return RedisStreams(redis_url, prefix)
     Path(directory).mkdir(parents=True, exist_ok=True)
     return FileStreams(directory)
+
+
+async def live_text(message: Any) -> str:
+    """What the answer's turn has published so far, on any process, without asking it:
+    the checkpoint in `message` carried on by the stream."""
+    try:
+        return rebuild(message.text, await streams().read_deltas(message.pk))
+    except Exception:  # Redis away: the checkpoint is what there is
+        return str(message.text)
 
 
 def recovered_text(message: Any) -> str:

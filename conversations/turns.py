@@ -4,8 +4,9 @@ A Turn talks to the model (rounds of streamed text and tool calls), runs the
 tools, and ends the answer with a stored final state and its frame. It is run
 by this process's runtime (conversations/runtime.py) as a task that a closed
 socket does not stop; only `cancel()` (or the process's end) does.
-Everything it produces goes to the conversation's channel-layer group, so any
-client on any process can follow it.
+Everything it produces goes to its followers on this process in-process and
+into the answer's stream, through which followers on other processes get it
+(conversations/delivery.py).
 
 Hot path rules: no database write per token. Deltas are coalesced
 (conversations/coalescer.py) and published with the character offset they
@@ -23,10 +24,9 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations import dbpool, images, llm, protocol, streams
+from conversations import dbpool, delivery, images, llm, protocol, streams
 from conversations.coalescer import Coalescer
 from conversations.models import INTERRUPTED_MESSAGE, Conversation, Message, ToolInvocation
 
@@ -44,8 +44,6 @@ class TurnContext:
 class Turn:
     def __init__(self, context: TurnContext) -> None:
         self.context = context
-        self.group = protocol.group_name(context.conversation_id)
-        self.layer = get_channel_layer()
         self.stream = Coalescer(settings.STREAM_COALESCE_MS / 1000, self._publish_delta)
         self.usage: dict[str, int] = {}
         self.task: asyncio.Task[None] | None = None
@@ -55,6 +53,7 @@ class Turn:
         self.truncated = False  # the model stopped at its length limit
         self.wants_title = False  # a complete first exchange: the runtime asks for a title
         self.cancel_requested = False
+        self.ended_elsewhere = False  # a Stop or a sweep ended the answer in the database
         self.resume_from = ""  # a continuation's text so far
 
     @property
@@ -80,6 +79,8 @@ class Turn:
             async with asyncio.timeout(settings.TURN_TIMEOUT_SECONDS):
                 await self._converse()
         except asyncio.CancelledError:
+            if self.ended_elsewhere:
+                return
             if self.cancel_requested:
                 await self._end(Message.Status.CANCELLED)
             else:  # the process is shutting down under us
@@ -112,18 +113,13 @@ class Turn:
         message = Message(pk=self.context.message_id)
         while True:
             await asyncio.sleep(settings.CHECKPOINT_SECONDS)
-            await database_sync_to_async(message.checkpoint)(self.text)
-
-    async def send_snapshot(self, reply_to: str) -> None:
-        """Send everything published so far; the consumer trims what its client has."""
-
-        async def send(text: str) -> None:
-            await self.layer.send(
-                reply_to,
-                {"type": "chat.delta", **self._event_ids(), "offset": 0, "text": text},
-            )
-
-        await self.stream.published_text(send)
+            if not await database_sync_to_async(message.checkpoint)(self.text):
+                # Ended elsewhere (its followers were told): stop, and store nothing more.
+                log.warning("answer %s was ended elsewhere; stopping", self.context.message_id)
+                self.ended_elsewhere = True
+                if self.task is not None:
+                    self.task.cancel()
+                return
 
     # --- the conversation with the model --------------------------------------
 
@@ -138,7 +134,12 @@ class Turn:
         messages = await dbpool.run(self._load_context)()
         if self.context.continuation:
             self.stream = Coalescer(self.stream.window, self._publish_delta, self.resume_from)
-        await self._publish(protocol.assistant_started(*self._ids()))
+        await self._publish(protocol.assistant_started(*self._ids()), mark=streams.START)
+        try:
+            # Other processes' followers read the stream from its start (the event above).
+            await delivery.announce(*self._ids())
+        except Exception as exc:  # Redis away: they learn of it by catching up
+            log.warning("answer %s: announcing it failed: %s", self.context.message_id, exc)
         calls_left = settings.MAX_TOOL_CALLS_PER_TURN
         for round_number in range(1, settings.MAX_MODEL_ROUNDS + 1):
             offered = calls_left > 0 and round_number < settings.MAX_MODEL_ROUNDS
@@ -328,36 +329,33 @@ class Turn:
     def _ids(self) -> tuple[uuid.UUID, int]:
         return self.context.conversation_id, self.context.message_id
 
-    def _event_ids(self) -> dict[str, Any]:
-        return {
-            "conversation_id": str(self.context.conversation_id),
-            "message_id": self.context.message_id,
-        }
-
     async def _publish_delta(self, offset: int, text: str) -> None:
+        message_id = self.context.message_id
         try:
             # Kept outside this process first: a crash loses at most this window.
-            await streams.streams().append(self.context.message_id, offset, text)
+            await streams.streams().append(message_id, offset, text)
         except Exception as exc:  # the answer goes on; only its crash safety suffers
-            log.warning("answer %s: the stream append failed: %s", self.context.message_id, exc)
-        await self.layer.group_send(
-            self.group,
-            {
-                "type": "chat.delta",
-                **self._event_ids(),
-                "offset": offset,
-                "text": text,
-                # Encoded once here, not once per follower: most of them
-                # need exactly these bytes.
-                "frame": protocol.assistant_delta(*self._ids(), offset, text),
-            },
+            log.warning("answer %s: the stream append failed: %s", message_id, exc)
+        await delivery.to_local(
+            self.context.conversation_id,
+            delivery.delta_event(self.context.conversation_id, message_id, offset, text),
         )
 
-    async def _publish(self, payload: str) -> None:
-        """An event, after the text before it."""
+    async def _publish(self, payload: str, *, mark: str = "") -> None:
+        """An event, after the text before it: into the stream, then to local followers."""
 
         async def send() -> None:
-            await self.layer.group_send(self.group, {"type": "chat.event", "frame": payload})
+            message_id = self.context.message_id
+            try:
+                await streams.streams().append_event(message_id, payload, mark=mark)
+            except Exception as exc:
+                log.warning("answer %s: the stream append failed: %s", message_id, exc)
+            event = delivery.frame_event(
+                payload,
+                starts=message_id if mark == streams.START else None,
+                ends=message_id if mark == streams.END else None,
+            )
+            await delivery.to_local(self.context.conversation_id, event)
 
         await self.stream.then(send)
 
@@ -370,10 +368,6 @@ class Turn:
         truncated = self.truncated and status == Message.Status.COMPLETE
         code, message = (error.code, error.message) if error else ("", "")
         html = await dbpool.run(self._save_final)(status, code, message, truncated)
-        try:
-            await streams.streams().finish(self.context.message_id)
-        except Exception as exc:
-            log.warning("answer %s: closing its stream failed: %s", self.context.message_id, exc)
         self.wants_title = (
             status == Message.Status.COMPLETE and self.first_exchange and settings.LLM_TITLES
         )
@@ -387,8 +381,13 @@ class Turn:
                 truncated=truncated,
                 error_code=code,
                 error_message=message,
-            )
+            ),
+            mark=streams.END,
         )
+        try:
+            await streams.streams().finish(self.context.message_id)
+        except Exception as exc:
+            log.warning("answer %s: closing its stream failed: %s", self.context.message_id, exc)
 
     async def retitle(self) -> None:
         """Ask the model for a title after the first exchange; tell every follower."""
@@ -396,13 +395,8 @@ class Turn:
         if not title:
             return
         await Conversation.objects.filter(pk=self.context.conversation_id).aupdate(title=title)
-        await self.layer.group_send(
-            self.group,
-            {
-                "type": "chat.event",
-                "frame": protocol.conversation_updated(self.context.conversation_id, title),
-            },
-        )
+        frame = protocol.conversation_updated(self.context.conversation_id, title)
+        await delivery.publish(self.context.conversation_id, delivery.frame_event(frame))
 
     def _save_final(self, status: str, code: str, error: str, truncated: bool) -> str:
         """Store the final state and return the message's HTML (one trip to the ORM thread).

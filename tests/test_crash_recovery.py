@@ -161,3 +161,48 @@ async def test_sigterm_lets_the_running_answer_finish_and_a_new_send_is_told_to_
         ).fetchone()
     assert rows == [("complete", "".join(tokens))]  # finished during the drain, all of it
     assert sent_twice == (0,)  # the refused send stored nothing
+
+
+async def test_stop_on_an_answer_no_process_runs_ends_it_at_once_with_its_text(
+    server: tuple[AppServer, OfflineModelServer, str],
+) -> None:
+    """Killed mid-answer and restarted without `recover_turns` (a plain `runserver`):
+    the answer still says "streaming", no process runs it, and its heartbeat is fresh,
+    so no sweep would close it for a minute. The user's Stop ends it at once."""
+    app, model, token = server
+    model.script_chat(Reply(tokens=[f"s{n} " for n in range(400)], token_delay=0.02))
+    headers = {"Authorization": f"Bearer {token}"}
+    url = app.url.replace("http", "ws") + "/ws/chat/"
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        await receive_until(ws, "session.ready")
+        await ws.send(json.dumps({"type": "message.send", "client_message_id": "o1", "text": "go"}))
+        frames = await receive_until(ws, "message.accepted")
+        conversation = frames[-1]["conversation_id"]
+        seen = ""
+        while len(seen) < 100:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            if frame["type"] == "assistant.delta":
+                seen = seen[: frame["offset"]] + frame["text"]
+        assert app.process is not None
+        app.process.send_signal(signal.SIGKILL)
+        app.process.wait(timeout=10)
+
+    start(app)  # no recover_turns first
+    url = app.url.replace("http", "ws") + "/ws/chat/"
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        await receive_until(ws, "session.ready")
+        subscribe = {"type": "conversation.subscribe", "conversation_id": conversation}
+        await ws.send(json.dumps(subscribe))
+        state = (await receive_until(ws, "conversation.state"))[-1]
+        assert state["status"] == "streaming"  # as the dead process left it
+        # The text so far comes from the answer's stream, not from a running turn.
+        caught_up = (await receive_until(ws, "assistant.delta"))[-1]
+        assert caught_up["text"].startswith(seen)
+        await ws.send(json.dumps({"type": "turn.cancel", "conversation_id": conversation}))
+        end = (await receive_until(ws, "assistant.completed", "assistant.failed"))[-1]
+    assert (end["type"], end["status"]) == ("assistant.completed", "cancelled")
+    with sqlite3.connect(app.db_path) as db:
+        (status, stored) = db.execute(
+            "SELECT status, text FROM conversations_message WHERE role='assistant'"
+        ).fetchone()
+    assert status == "cancelled" and stored.startswith(seen) and end["text_length"] == len(stored)

@@ -49,3 +49,34 @@ async def test_a_redis_stream_gives_back_every_piece_and_expires_after_the_end()
     ttl = streams.sync.ttl(streams.key(9))
     assert 0 < ttl <= 300
     streams.sync.delete(streams.key(9))
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="needs REDIS_URL (the PostgreSQL + Redis run sets it)")
+async def test_a_reader_on_another_process_gets_text_and_events_in_order_by_position() -> None:
+    """What a follower's process reads: entries after a position, events among the text."""
+    assert REDIS_URL
+    writer = RedisStreams(REDIS_URL, f"chatimg-test-streams-{uuid.uuid4().hex[:8]}")
+    reader = RedisStreams(REDIS_URL, writer.prefix)
+    assert await reader.tail(10) == "0-0"  # nothing yet: read from the start
+    await writer.append_event(10, '{"type":"assistant.started"}', mark="start")
+    await writer.append(10, *PIECES[0])
+    middle = await reader.tail(10)
+    await writer.append(10, *PIECES[1])
+    await writer.append_event(10, '{"type":"tool.started"}')
+    await writer.append(10, *PIECES[2])
+    await writer.append_event(10, '{"type":"assistant.completed"}', mark="end")
+
+    after, entries = await reader.follow(10, "0-0", 100)
+    assert entries == [
+        {"frame": '{"type":"assistant.started"}', "mark": "start"},
+        {"offset": 0, "text": PIECES[0][1]},
+        {"offset": 6, "text": PIECES[1][1]},
+        {"frame": '{"type":"tool.started"}', "mark": ""},
+        {"offset": 14, "text": PIECES[2][1]},
+        {"frame": '{"type":"assistant.completed"}', "mark": "end"},
+    ]
+    assert (await reader.follow(10, middle, 100))[1] == entries[2:]  # from a catch-up's position
+    assert await reader.follow(10, after, 100) == (after, [])  # nothing new: waited, then none
+    # Recovery and catch-up see the text alone.
+    assert writer.deltas(10) == await reader.read_deltas(10) == PIECES
+    writer.sync.delete(writer.key(10))

@@ -38,6 +38,7 @@ from conversations.models import (
     ImageQuota,
     Message,
 )
+from conversations.rendering import client_policy
 
 #: Sidebar entries per page (the first page is in the chat page, the rest load on demand).
 CONVERSATIONS_PER_PAGE = 30
@@ -96,6 +97,8 @@ def chat(
             "max_message_chars": settings.MAX_MESSAGE_CHARS,
             "images_left": ImageQuota.objects.remaining(request.user),
             "error_texts": ERROR_TEXTS,
+            # The server's sanitiser allow-list, for the page's streaming render.
+            "render_policy": client_policy(),
         },
     )
 

@@ -312,7 +312,8 @@ threadEl.addEventListener("click", async (event) => {
       regenerate("turn.continue");
       break;
     case "copy":
-      confirmCopied(button, await copyText(thread.answerText(button.closest("article"))));
+      // The Markdown as written (people paste it elsewhere), not the rendered text.
+      confirmCopied(button, await copyText(thread.answerSource(button.closest("article")).trim()));
       break;
     case "copy-code":
       confirmCopied(button, await copyText(button.closest(".code-block").querySelector("pre").innerText));

@@ -96,7 +96,9 @@ def _highlight(code: str, language: str, attrs: str) -> str:
         lexer = get_lexer_by_name(language, stripnl=False, ensurenl=False)
     except ClassNotFound:
         return ""
-    return str(pygments_highlight(code, lexer, HtmlFormatter(nowrap=True)))
+    html = str(pygments_highlight(code, lexer, HtmlFormatter(nowrap=True)))
+    # Some lexers end with a newline of their own (an unclosed fence has none).
+    return html[:-1] if html.endswith("\n") and not code.endswith("\n") else html
 
 
 _markdown = MarkdownIt(
@@ -105,7 +107,11 @@ _markdown = MarkdownIt(
 
 
 def markdown_html(text: str) -> str:
-    html = _markdown.render(text)
+    return sanitize_html(_markdown.render(text))
+
+
+def sanitize_html(html: str) -> str:
+    """Keep only the allow-list: tags, attributes per tag, URL schemes, link rel/target."""
     return nh3.clean(
         html,
         tags=_TAGS,

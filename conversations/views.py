@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import urlencode
 
 from asgiref.sync import async_to_sync
@@ -101,6 +102,17 @@ def chat(
             "render_policy": client_policy(),
         },
     )
+
+
+FAVICON = Path(__file__).parent / "static" / "conversations" / "favicon.ico"
+
+
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for on pages that name no icon (the admin's)."""
+    response = HttpResponse(FAVICON.read_bytes(), content_type="image/vnd.microsoft.icon")
+    patch_cache_control(response, public=True, max_age=86400)
+    return response
 
 
 @login_required

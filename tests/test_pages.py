@@ -172,3 +172,11 @@ def test_staff_review_generated_images_in_the_admin(make_user: Any) -> None:
 def test_non_staff_cannot_open_the_admin(make_user: Any) -> None:
     response = logged_in(make_user()).get("/admin/conversations/generatedimage/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_the_favicon_that_admin_pages_ask_for_is_served_to_anyone(client: Client) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/vnd.microsoft.icon"
+    assert response.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    assert "max-age=86400" in response["Cache-Control"]

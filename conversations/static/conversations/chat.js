@@ -298,7 +298,7 @@ function regenerate(type = "turn.regenerate") {
 threadEl.addEventListener("click", async (event) => {
   const suggestion = event.target.closest("[data-suggestion]");
   if (suggestion) {
-    composer.fill(suggestion.textContent.trim(), { replace: true });
+    send(suggestion.textContent.trim()); // a suggestion is a question: ask it
     return;
   }
   const button = event.target.closest("[data-action]");

@@ -139,6 +139,19 @@ def test_on_a_phone_nothing_scrolls_sideways_and_the_sidebar_is_a_drawer(
     # Wide things scroll inside their own box instead.
     for box in (answer.locator("pre"), answer.locator(".table-wrap")):
         assert box.evaluate("(el) => el.scrollWidth > el.clientWidth"), box
+    # The table says that it scrolls, and its cells are wide, not tall: one line each.
+    expect(answer.locator(".table-hint")).to_have_text("Scroll sideways to see all 14 columns →")
+    expect(answer.locator(".table-hint")).to_be_in_viewport()
+    line = answer.locator(".table-wrap td").first.evaluate(
+        "(td) => parseFloat(getComputedStyle(td).lineHeight)"
+    )
+    heights = answer.locator(".table-wrap tbody td").evaluate_all(
+        "(cells) => cells.map((td) => td.clientHeight)"
+    )
+    assert max(heights) < 2 * line + 16 + 1, (heights, line)  # one line plus its padding
+    answer.locator(".table-hint").scroll_into_view_if_needed()
+    shoot(page, "mobile-table")
+    scroll_to_end(page)
     shoot(page, "mobile")
 
     sidebar = page.locator("#sidebar")

@@ -20,6 +20,7 @@ import nh3
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
 from pygments import highlight as pygments_highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 #: The version of what markdown_html produces. Bump it whenever the HTML for the
 #: same text changes (renderer options, allow-list, highlighting), so that any
-#: HTML cached under the old version is rendered again. 2: Pygments highlighting.
+#: HTML cached under the old version is rendered again. 2: Pygments highlighting,
+#: table column alignment kept (as `align`).
 RENDER_VERSION = 2
 
 #: Code longer than this is shown plain: highlighting is linear but not free, and
@@ -101,9 +103,23 @@ def _highlight(code: str, language: str, attrs: str) -> str:
     return html[:-1] if html.endswith("\n") and not code.endswith("\n") else html
 
 
+def _align_cells(state: StateCore) -> None:
+    """Column alignment as `align` (allowed) instead of `style` (which the sanitiser drops).
+
+    markdown-stream.js does the same on the page.
+    """
+    for token in state.tokens:
+        if token.type in {"th_open", "td_open"}:
+            style = str(token.attrGet("style") or "")
+            if style.startswith("text-align:"):
+                token.attrs.pop("style", None)
+                token.attrSet("align", style.removeprefix("text-align:"))
+
+
 _markdown = MarkdownIt(
     "commonmark", {"html": False, "linkify": False, "highlight": _highlight}
 ).enable("table")
+_markdown.core.ruler.push("align_cells", _align_cells)
 
 
 def markdown_html(text: str) -> str:

@@ -68,3 +68,9 @@ def test_the_committed_highlight_css_is_what_pygments_makes_now() -> None:
 
 def test_the_renderer_has_a_version_for_caches() -> None:
     assert rendering.RENDER_VERSION == 2
+
+
+def test_table_columns_keep_their_alignment() -> None:
+    html = markdown_html("| a | b | c |\n| :-: | --: | --- |\n| 1 | 2 | 3 |\n")
+    assert '<th align="center">a</th>' in html and '<td align="right">2</td>' in html
+    assert "<td>3</td>" in html and "style" not in html

@@ -13,8 +13,9 @@ from playwright.sync_api import Page, expect
 
 from conversations.rendering import markdown_html
 from offline_model import OfflineModelServer, Reply, tokenize
-from tests.browser.conftest import wait_until_ready
+from tests.browser.conftest import log_in_as, wait_until_ready
 from tests.browser.helpers import last_answer, send
+from tests.browser.test_layout import luminance
 
 CODE = "def area(r):\n    pi = 3.14159\n    return pi * r * r\n"
 ANSWER = f"""## Circles
@@ -180,3 +181,49 @@ def test_the_page_renders_markdown_exactly_as_the_server_does(
     )
     for text, (mine, theirs) in zip(CORPUS, pairs, strict=True):
         assert mine == theirs, f"the page and the server differ on {text!r}"
+
+
+def test_code_is_highlighted_in_the_light_and_the_dark_theme(
+    open_page: Callable[..., Page],
+    user: str,
+    model: OfflineModelServer,
+    shoot: Callable[[Page, str], None],
+) -> None:
+    colours = {}
+    for scheme in ("light", "dark"):
+        model.script_chat(Reply(tokens=tokenize(ANSWER)))
+        page = open_page(color_scheme=scheme)
+        log_in_as(page, user)
+        send(page, f"the area of a circle, {scheme}")
+        answer = last_answer(page)
+        expect(answer).to_have_attribute("data-status", "complete")
+        keyword = answer.locator(".code-block span.k").first
+        expect(keyword).to_have_text("def")
+        colours[scheme] = (
+            keyword.evaluate("(el) => getComputedStyle(el).color"),
+            answer.locator(".code-block pre").evaluate(
+                "(el) => getComputedStyle(el).backgroundColor"
+            ),
+            answer.locator(".code-block span.n").first.evaluate(
+                "(el) => getComputedStyle(el).color"
+            ),
+        )
+        answer.locator(".code-block").scroll_into_view_if_needed()
+        shoot(page, f"code-{scheme}")
+    (light_kw, light_bg, light_plain), (dark_kw, dark_bg, dark_plain) = (
+        colours["light"],
+        colours["dark"],
+    )
+    assert light_kw == "rgb(0, 128, 0)"  # Pygments' "default": keywords green
+    assert dark_kw != light_kw and light_bg != dark_bg
+    # Readable on its own background in both: keywords and plain names alike.
+    for fg, bg in ((light_kw, light_bg), (light_plain, light_bg)):
+        assert contrast(fg, bg) >= 4.5, (fg, bg)
+    for fg, bg in ((dark_kw, dark_bg), (dark_plain, dark_bg)):
+        assert contrast(fg, bg) >= 4.5, (fg, bg)
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two rgb()/rgba() colours (alpha ignored)."""
+    light, dark = sorted((luminance(a), luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)

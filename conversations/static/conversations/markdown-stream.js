@@ -22,6 +22,16 @@ import "./vendor/purify.min.js";
 const policy = JSON.parse(document.getElementById("render-policy").textContent);
 
 const md = globalThis.markdownit("commonmark", { html: false, linkify: false }).enable("table");
+// Column alignment as `align` (allowed) instead of `style`, as rendering.py does.
+md.core.ruler.push("align_cells", (state) => {
+  for (const token of state.tokens) {
+    if (token.type !== "th_open" && token.type !== "td_open") continue;
+    const style = token.attrGet("style") || "";
+    if (!style.startsWith("text-align:")) continue;
+    token.attrs = token.attrs.filter(([name]) => name !== "style");
+    token.attrSet("align", style.slice("text-align:".length));
+  }
+});
 
 // --- the sanitiser: the server's nh3 allow-list, enforced by DOMPurify ---------------
 

@@ -94,7 +94,11 @@ def test_the_box_is_focused_when_a_conversation_opens(
 
 
 def test_a_paste_over_the_limit_is_kept_whole_and_explained(
-    page: Page, log_in: Callable[[str], None], user: str, model: OfflineModelServer
+    page: Page,
+    log_in: Callable[[str], None],
+    user: str,
+    model: OfflineModelServer,
+    shoot: Callable[[Page, str], None],
 ) -> None:
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     log_in(user)
@@ -119,6 +123,7 @@ def test_a_paste_over_the_limit_is_kept_whole_and_explained(
     expect(counter).to_have_text(f"25 characters too long: the limit is {limit:,}")
     expect(box).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#send")).to_be_disabled()
+    shoot(page, "composer-limit")
     box.press("Enter")
     expect(page.locator("article.msg-user")).to_have_count(0)
     assert streaming_requests(model) == []

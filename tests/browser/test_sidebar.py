@@ -47,7 +47,11 @@ def test_the_list_is_newest_first_and_loads_more_as_you_scroll(
 
 
 def test_rename_and_delete_conversations(
-    page: Page, log_in: Callable[[str], None], user: str, app_server: AppServer
+    page: Page,
+    log_in: Callable[[str], None],
+    user: str,
+    app_server: AppServer,
+    shoot: Callable[[Page, str], None],
 ) -> None:
     alpha, beta, gamma = seed_conversations(app_server, user, ["Alpha", "Beta", "Gamma"])
     log_in(user)
@@ -89,6 +93,7 @@ def test_rename_and_delete_conversations(
     expect(gamma_entry).to_be_hidden()
     expect(undo_bar).to_have_text(re.compile(r"Deleted “Gamma”\.\s*Undo"))
     expect(undo_bar.get_by_role("button", name="Undo")).to_be_focused()
+    shoot(page, "delete-undo")
     undo_bar.get_by_role("button", name="Undo").click()
     expect(gamma_entry).to_be_visible()
     expect(undo_bar).to_be_hidden()

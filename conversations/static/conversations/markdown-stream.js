@@ -12,9 +12,9 @@
 // enters the page. Code blocks are plain until the server's highlighted HTML
 // arrives (same box, same font: only colours change).
 //
-// Cost: each segment is parsed again at most once per animation frame, and
-// only the top-level blocks whose HTML changed (usually the last) are
-// sanitised and put into the DOM again; a long answer costs a parse per frame.
+// Cost: each segment is parsed again at most once per animation frame (less
+// often when that gets expensive, below), and only the top-level blocks whose
+// HTML changed (usually the last) are sanitised and put into the DOM again.
 
 import "./vendor/markdown-it.min.js";
 import "./vendor/purify.min.js";
@@ -141,17 +141,28 @@ export function adopt(segment) {
   schedule(segment);
 }
 
+// Rendering takes at most about a quarter of the time: after a render that took
+// T ms the next waits 3T (a frame for a short answer; a 50 KB one, whose parse
+// alone takes milliseconds, renders a few times a second instead).
+const BUSY_SHARE = 0.25;
+let nextAt = 0;
+
 function schedule(segment) {
   dirty.add(segment);
   if (frameRequested || document.hidden) return; // a hidden tab renders when shown
   frameRequested = true;
-  requestAnimationFrame(renderDirty);
+  const wait = nextAt - performance.now();
+  if (wait > 0) setTimeout(() => requestAnimationFrame(renderDirty), wait);
+  else requestAnimationFrame(renderDirty);
 }
 
 function renderDirty() {
   frameRequested = false;
+  const start = performance.now();
   for (const segment of dirty) renderNow(segment);
   dirty.clear();
+  const took = performance.now() - start;
+  nextAt = performance.now() + (took * (1 - BUSY_SHARE)) / BUSY_SHARE;
 }
 
 document.addEventListener("visibilitychange", () => {

@@ -74,7 +74,7 @@ def test_markdown_renders_as_it_streams_then_the_server_html_with_copyable_code(
     expect(stream.locator("strong")).to_have_text("bold")
     expect(stream.locator("ol > li")).to_have_count(2)
     expect(answer).to_have_attribute("data-status", "streaming")
-    shoot(page, "chat-streaming")
+    # (The README's streaming picture is test_markdown_stream's: a slower answer.)
     # …and at the end the server's sanitised HTML replaces it.
     expect(answer).to_have_attribute("data-status", "complete")
     body = answer.locator(".body")

@@ -82,7 +82,7 @@ def test_a_table_and_a_code_block_render_while_streaming_and_the_end_moves_nothi
     expect(stream.locator(".table-wrap table tbody tr")).to_have_count(2)
     expect(answer).to_have_attribute("data-status", "streaming")
     expect(stream.locator("th").nth(1)).to_have_text("area")
-    shoot(page, "chat-streaming-markdown")
+    shoot(page, "chat-streaming")
     expect(answer).to_have_attribute("data-status", "complete")
 
     frames: list[dict[str, Any]] = page.evaluate("window.__frames")

@@ -433,5 +433,10 @@ LOGGING = {
         "daphne": {"level": "WARNING"},
         # daphne's runserver logs each request here; one line each, not two.
         "django.channels.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Django's default config gives these their own console handler, and they
+        # propagate to ours too: every warning and autoreloader line came out twice.
+        # Without their own handler they print once, through the root's.
+        "django": {"handlers": [], "level": env_str("LOG_LEVEL", "INFO"), "propagate": True},
+        "py.warnings": {"handlers": [], "propagate": True},
     },
 }

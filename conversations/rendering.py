@@ -3,22 +3,47 @@
 Markdown is rendered with raw HTML disabled and the result is still sanitised
 by nh3: the model's output is untrusted input. Pictures in the model's Markdown
 are dropped; the only images a chat shows are the app's own image URLs, placed
-by tool invocations.
+by tool invocations. Fenced code with a known language is highlighted by
+Pygments (spans with Pygments' short class names, styled by highlight.css).
+
+The page renders a streaming answer itself (markdown-stream.js: markdown-it,
+the JavaScript original of markdown-it-py, and DOMPurify) with the allow-list
+below, which the page receives as JSON (`client_policy`), so both sanitisers
+enforce one list and the swap to this HTML at the end does not move the page.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nh3
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
+from pygments import highlight as pygments_highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
+from pygments.styles import get_style_by_name
+from pygments.token import STANDARD_TYPES
+from pygments.util import ClassNotFound
 
 if TYPE_CHECKING:
     from conversations.models import Message, ToolInvocation
 
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+#: The version of what markdown_html produces. Bump it whenever the HTML for the
+#: same text changes (renderer options, allow-list, highlighting), so that any
+#: HTML cached under the old version is rendered again. 2: Pygments highlighting,
+#: table column alignment kept (as `align`).
+RENDER_VERSION = 2
+
+#: Code longer than this is shown plain: highlighting is linear but not free, and
+#: nobody reads colours in a 100 KB paste.
+HIGHLIGHT_MAX_CHARS = 100_000
+
+#: Pygments styles for the light and dark themes (highlight.css is made from them).
+LIGHT_STYLE = "default"
+DARK_STYLE = "github-dark"
 
 _TAGS = {
     "p",
@@ -29,6 +54,7 @@ _TAGS = {
     "del",
     "code",
     "pre",
+    "span",
     "blockquote",
     "ul",
     "ol",
@@ -54,19 +80,105 @@ _ATTRIBUTES = {
     "th": {"align"},
     "td": {"align"},
 }
+#: A span may carry only Pygments' token classes (and only Pygments makes spans:
+#: raw HTML is off in the Markdown renderer).
+_CLASSES = {"span": {name for name in STANDARD_TYPES.values() if name}}
+_URL_SCHEMES = {"http", "https", "mailto"}
+_LINK_REL = "noopener noreferrer nofollow"
+_LINK_TARGET = "_blank"
+
+
+def _highlight(code: str, language: str, attrs: str) -> str:
+    """Pygments spans for a fenced block, or "" to let markdown-it escape it plainly."""
+    if not language or len(code) > HIGHLIGHT_MAX_CHARS:
+        return ""
+    try:
+        # stripnl=False: the code keeps its leading and trailing blank lines, as
+        # the page's streaming render shows them (no jump at the swap).
+        lexer = get_lexer_by_name(language, stripnl=False, ensurenl=False)
+    except ClassNotFound:
+        return ""
+    html = str(pygments_highlight(code, lexer, HtmlFormatter(nowrap=True)))
+    # Some lexers end with a newline of their own (an unclosed fence has none).
+    return html[:-1] if html.endswith("\n") and not code.endswith("\n") else html
+
+
+def _align_cells(state: StateCore) -> None:
+    """Column alignment as `align` (allowed) instead of `style` (which the sanitiser drops).
+
+    markdown-stream.js does the same on the page.
+    """
+    for token in state.tokens:
+        if token.type in {"th_open", "td_open"}:
+            style = str(token.attrGet("style") or "")
+            if style.startswith("text-align:"):
+                token.attrs.pop("style", None)
+                token.attrSet("align", style.removeprefix("text-align:"))
+
+
+_markdown = MarkdownIt(
+    "commonmark", {"html": False, "linkify": False, "highlight": _highlight}
+).enable("table")
+_markdown.core.ruler.push("align_cells", _align_cells)
 
 
 def markdown_html(text: str) -> str:
-    html = _markdown.render(text)
+    return sanitize_html(_markdown.render(text))
+
+
+def sanitize_html(html: str) -> str:
+    """Keep only the allow-list: tags, attributes per tag, URL schemes, link rel/target."""
     return nh3.clean(
         html,
         tags=_TAGS,
         clean_content_tags={"script", "style"},
         attributes=_ATTRIBUTES,
-        url_schemes={"http", "https", "mailto"},
-        link_rel="noopener noreferrer nofollow",
-        set_tag_attribute_values={"a": {"target": "_blank"}},
+        allowed_classes=_CLASSES,
+        url_schemes=_URL_SCHEMES,
+        link_rel=_LINK_REL,
+        set_tag_attribute_values={"a": {"target": _LINK_TARGET}},
     )
+
+
+def client_policy() -> dict[str, Any]:
+    """The allow-list above as JSON for the page's own sanitiser (markdown-stream.js)."""
+    return {
+        "tags": sorted(_TAGS),
+        "attributes": {tag: sorted(names) for tag, names in _ATTRIBUTES.items()},
+        "classes": {tag: sorted(names) for tag, names in _CLASSES.items()},
+        "url_schemes": sorted(_URL_SCHEMES),
+        "link_rel": _LINK_REL,
+        "link_target": _LINK_TARGET,
+    }
+
+
+def highlight_css() -> str:
+    """The token colours for both themes (conversations/static/conversations/highlight.css).
+
+    Only colours, weights and styles: a border or background on a token would
+    make the highlighted block wider than the plain one shown while streaming.
+    """
+    blocks = []
+    for media, style in (("light", LIGHT_STYLE), ("dark", DARK_STYLE)):
+        formatter = HtmlFormatter(style=get_style_by_name(style))
+        rules = []
+        for line in formatter.get_token_style_defs(".md pre"):
+            selector, _, rest = line.partition("{")
+            body, _, _ = rest.partition("}")
+            keep = [
+                part.strip()
+                for part in body.split(";")
+                if part.strip().split(":")[0].strip() in {"color", "font-weight", "font-style"}
+            ]
+            if keep:
+                rules.append(f"  {selector.strip()} {{ {'; '.join(keep)} }}")
+        blocks.append(f"@media (prefers-color-scheme: {media}) {{\n" + "\n".join(rules) + "\n}")
+    header = (
+        "/* Code highlighting (Pygments token classes). Generated by\n"
+        "   conversations.rendering.highlight_css(); tests/test_rendering.py checks it is\n"
+        f'   current. Light: Pygments "{LIGHT_STYLE}", dark: "{DARK_STYLE}". */\n'
+    )
+    return header + "\n".join(blocks) + "\n"
 
 
 def message_html(message: Message, invocations: list[ToolInvocation] | None = None) -> SafeString:

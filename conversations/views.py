@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import urlencode
 
 from asgiref.sync import async_to_sync
@@ -38,6 +39,7 @@ from conversations.models import (
     ImageQuota,
     Message,
 )
+from conversations.rendering import client_policy
 
 #: Sidebar entries per page (the first page is in the chat page, the rest load on demand).
 CONVERSATIONS_PER_PAGE = 30
@@ -102,8 +104,21 @@ def chat(
             "uploads_per_message": settings.UPLOADS_PER_MESSAGE,
             "images_left": ImageQuota.objects.remaining(request.user),
             "error_texts": ERROR_TEXTS,
+            # The server's sanitiser allow-list, for the page's streaming render.
+            "render_policy": client_policy(),
         },
     )
+
+
+FAVICON = Path(__file__).parent / "static" / "conversations" / "favicon.ico"
+
+
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for on pages that name no icon (the admin's)."""
+    response = HttpResponse(FAVICON.read_bytes(), content_type="image/vnd.microsoft.icon")
+    patch_cache_control(response, public=True, max_age=86400)
+    return response
 
 
 @login_required

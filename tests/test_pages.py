@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -132,6 +133,10 @@ def test_model_markdown_is_sanitised(make_user: Any) -> None:
     html = logged_in(alice).get(conversation.get_absolute_url()).content.decode()
     # The thread only: the page's <template>s and lightbox hold an empty <img> of their own.
     body = html[html.index('id="messages"') : html.index('class="composer-area"')]
+    # The Markdown source rides along for Copy, escaped, in an attribute (text, never markup).
+    source = re.search(r' data-source="([^"]*)"', body)
+    assert source is not None and "<" not in source.group(1) and "&lt;script&gt;" in source.group(1)
+    body = body.replace(source.group(0), "")
     # The javascript: link stays inert text, the script is escaped, the picture is dropped.
     assert 'href="javascript:' not in body and "<script>alert" not in body
     assert "<img" not in body and "evil/x.png" not in body
@@ -173,3 +178,11 @@ def test_staff_review_generated_images_in_the_admin(make_user: Any) -> None:
 def test_non_staff_cannot_open_the_admin(make_user: Any) -> None:
     response = logged_in(make_user()).get("/admin/conversations/generatedimage/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_the_favicon_that_admin_pages_ask_for_is_served_to_anyone(client: Client) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/vnd.microsoft.icon"
+    assert response.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    assert "max-age=86400" in response["Cache-Control"]

@@ -175,3 +175,30 @@ def test_a_custom_domain_gets_signed_cloudfront_urls_that_expire(tmp_path: Any) 
         query["Signature"].replace("-", "+").replace("_", "=").replace("~", "/")
     )
     key.public_key().verify(signature, policy.encode(), padding.PKCS1v15(), hashes.SHA1())
+
+
+def test_each_warning_and_log_line_is_printed_once_in_development() -> None:
+    # What `make run` showed twice: Python warnings and Django's own log lines
+    # (the autoreloader's "Watching for file changes"), in DEBUG.
+    code = (
+        "import django, logging, warnings; django.setup();"
+        "warnings.warn('a warning to see once');"
+        "logging.getLogger('django.utils.autoreload').info('a django line to see once');"
+        "logging.getLogger('conversations').warning('an app line to see once')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DJANGO_SETTINGS_MODULE": "chatimg.settings",
+            "DJANGO_DEBUG": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for line in ("a warning to see once", "a django line to see once", "an app line to see once"):
+        assert result.stderr.count(line) == 1, result.stderr

@@ -6,6 +6,7 @@ import re
 import sqlite3
 from typing import Any
 
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, expect
 
 from tests.servers import AppServer
@@ -59,11 +60,22 @@ def scroll_to_end(page: Page) -> None:
 
 
 def wait_until_image_loaded(page: Page, image: Locator) -> int:
-    """Wait for the <img> to be decoded; returns its natural width (0 if it never loads)."""
-    expect(image).to_be_visible()
-    image.scroll_into_view_if_needed()
-    page.wait_for_function(IMAGE_LOADED, arg=image.element_handle())
-    return int(image.evaluate("(img) => img.naturalWidth"))
+    """Wait for the <img> to be decoded; returns its natural width (0 if it never loads).
+
+    The answer's final HTML replaces its streamed body, image cards included: an
+    <img> found while streaming can be swapped for its twin mid-way, and the locator
+    then finds the new one (three tries at most).
+    """
+    for attempt in range(3):
+        expect(image).to_be_visible()
+        try:
+            image.scroll_into_view_if_needed()
+            page.wait_for_function(IMAGE_LOADED, arg=image.element_handle())
+            return int(image.evaluate("(img) => img.naturalWidth"))
+        except PlaywrightError as error:
+            if "not attached" not in str(error) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def assert_streamed(samples: list[dict[str, Any]], what: str) -> None:

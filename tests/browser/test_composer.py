@@ -8,7 +8,13 @@ from playwright.sync_api import Page, expect
 
 from offline_model import OfflineModelServer, Reply
 from tests.browser.conftest import wait_until_ready
-from tests.browser.helpers import CONVERSATION_URL, last_answer, streaming_requests
+from tests.browser.helpers import (
+    CONVERSATION_URL,
+    last_answer,
+    seed_conversations,
+    streaming_requests,
+)
+from tests.servers import AppServer
 
 
 def test_enter_sends_shift_enter_starts_a_new_line_and_the_box_grows(
@@ -70,3 +76,78 @@ def test_a_draft_survives_a_reload_and_moves_with_a_new_chat_to_its_address(
     page.get_by_role("link", name="New chat").click()
     wait_until_ready(page)
     expect(box).to_have_value("")
+
+
+def test_the_box_is_focused_when_a_conversation_opens(
+    page: Page, log_in: Callable[[str], None], user: str, app_server: AppServer
+) -> None:
+    [older, newer] = seed_conversations(app_server, user, ["Older", "Newer"])
+    log_in(user)
+    page.locator(f'#conversation-list li[data-conversation-id="{newer}"] a').click()
+    wait_until_ready(page)
+    expect(page.locator("textarea#prompt")).to_be_focused()
+    page.goto(f"/c/{older}/")
+    wait_until_ready(page)
+    expect(page.locator("textarea#prompt")).to_be_focused()
+    page.keyboard.type("typed straight away")
+    expect(page.locator("textarea#prompt")).to_have_value("typed straight away")
+
+
+def test_a_paste_over_the_limit_is_kept_whole_and_explained(
+    page: Page,
+    log_in: Callable[[str], None],
+    user: str,
+    model: OfflineModelServer,
+    shoot: Callable[[Page, str], None],
+) -> None:
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    log_in(user)
+    limit = int(page.locator("#main").get_attribute("data-max-chars") or 0)
+    assert limit > 100
+    box = page.locator("textarea#prompt")
+    counter = page.locator("#char-count")
+    expect(counter).to_be_hidden()  # far from the limit: no counter
+
+    near = "n" * (limit - 10)
+    page.evaluate("(text) => navigator.clipboard.writeText(text)", near)
+    box.focus()
+    page.keyboard.press("Control+V")
+    expect(counter).to_be_visible()
+    expect(counter).to_have_text(f"{limit - 10:,} / {limit:,}")
+    expect(page.locator("#send")).to_be_enabled()
+
+    # A paste that goes over: nothing is cut, the counter says by how much, Send waits.
+    page.evaluate("(text) => navigator.clipboard.writeText(text)", "x" * 35)
+    page.keyboard.press("Control+V")
+    assert len(box.input_value()) == limit + 25
+    expect(counter).to_have_text(f"25 characters too long: the limit is {limit:,}")
+    expect(box).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#send")).to_be_disabled()
+    shoot(page, "composer-limit")
+    box.press("Enter")
+    expect(page.locator("article.msg-user")).to_have_count(0)
+    assert streaming_requests(model) == []
+    # Shortened to the limit, it sends.
+    for _ in range(25):
+        box.press("Backspace")
+    expect(counter).to_have_text(f"{limit:,} / {limit:,}")
+    expect(box).not_to_have_attribute("aria-invalid", "true")
+    box.press("Enter")
+    expect(page.locator("article.msg-user")).to_have_count(1)
+    expect(last_answer(page)).to_have_attribute("data-status", "complete")
+    expect(counter).to_be_hidden()
+
+
+def test_a_suggestion_chip_asks_its_question(
+    page: Page, log_in: Callable[[str], None], user: str, model: OfflineModelServer
+) -> None:
+    model.script_chat(Reply(text="Websockets keep one connection open both ways."))
+    log_in(user)
+    chip = page.get_by_role("button", name="Explain websockets in one paragraph")
+    chip.click()
+    expect(page.locator("article.msg-user .body")).to_have_text(
+        "Explain websockets in one paragraph"
+    )
+    expect(last_answer(page)).to_contain_text("one connection open both ways")
+    expect(page).to_have_url(CONVERSATION_URL)
+    expect(page.locator("textarea#prompt")).to_have_value("")

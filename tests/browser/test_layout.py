@@ -53,7 +53,7 @@ See https://example.com/{"a" * 150}
 """
 
 
-def test_markdown_streams_as_text_then_renders_safely_with_copyable_code(
+def test_markdown_renders_as_it_streams_then_the_server_html_with_copyable_code(
     page: Page,
     log_in: Callable[[str], None],
     user: str,
@@ -67,11 +67,14 @@ def test_markdown_streams_as_text_then_renders_safely_with_copyable_code(
     page.evaluate(RECORD_STREAM)
     send(page, "show me some markdown")
 
-    # While it streams, the text is plain text (the Markdown marks are visible)…
+    # While it streams, the text is already formatted (rendered in the page)…
     answer = last_answer(page)
-    expect(answer.locator(".md.stream")).to_contain_text("**bold**")
-    expect(answer.locator(".md.stream")).to_contain_text("Second step")
-    shoot(page, "chat-streaming")
+    stream = answer.locator(".md.stream")
+    expect(stream.locator("h2")).to_have_text("A small example")
+    expect(stream.locator("strong")).to_have_text("bold")
+    expect(stream.locator("ol > li")).to_have_count(2)
+    expect(answer).to_have_attribute("data-status", "streaming")
+    # (The README's streaming picture is test_markdown_stream's: a slower answer.)
     # …and at the end the server's sanitised HTML replaces it.
     expect(answer).to_have_attribute("data-status", "complete")
     body = answer.locator(".body")
@@ -88,7 +91,7 @@ def test_markdown_streams_as_text_then_renders_safely_with_copyable_code(
     rel = safe.get_attribute("rel") or ""
     assert "noopener" in rel and "noreferrer" in rel
     samples: list[dict[str, Any]] = page.evaluate("window.__stream")
-    assert any("```python" in s["text"] for s in samples if s["status"] == "streaming")
+    assert not any("```" in s["text"] for s in samples), "a fence mark was shown as text"
     scroll_to_end(page)
     shoot(page, "chat-markdown")
 
@@ -98,12 +101,17 @@ def test_markdown_streams_as_text_then_renders_safely_with_copyable_code(
     block.get_by_role("button", name="Copy code").click()
     expect(block.get_by_role("button", name="Copied")).to_be_visible()
     assert page.evaluate("navigator.clipboard.readText()") == CODE
-    # Copy under the answer copies its text.
-    answer.get_by_role("button", name="Copy answer").click()
-    assert "Quoted wisdom." in page.evaluate("navigator.clipboard.readText()")
     # Finished answers are announced once, to screen readers, not word by word.
     expect(page.locator("#announcer")).to_contain_text("A small example")
     expect(page.locator("#messages")).not_to_have_attribute("aria-live", "polite")
+    # Copy under the answer copies its Markdown, as the model wrote it (and after a reload).
+    answer.get_by_role("button", name="Copy answer").click()
+    assert page.evaluate("navigator.clipboard.readText()") == MARKDOWN.strip()
+    page.evaluate("navigator.clipboard.writeText('')")
+    page.reload()
+    last_answer(page).get_by_role("button", name="Copy answer").click()
+    expect(last_answer(page).get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == MARKDOWN.strip()
 
 
 def test_on_a_phone_nothing_scrolls_sideways_and_the_sidebar_is_a_drawer(
@@ -131,6 +139,19 @@ def test_on_a_phone_nothing_scrolls_sideways_and_the_sidebar_is_a_drawer(
     # Wide things scroll inside their own box instead.
     for box in (answer.locator("pre"), answer.locator(".table-wrap")):
         assert box.evaluate("(el) => el.scrollWidth > el.clientWidth"), box
+    # The table says that it scrolls, and its cells are wide, not tall: one line each.
+    expect(answer.locator(".table-hint")).to_have_text("Scroll sideways to see all 14 columns →")
+    expect(answer.locator(".table-hint")).to_be_in_viewport()
+    line = answer.locator(".table-wrap td").first.evaluate(
+        "(td) => parseFloat(getComputedStyle(td).lineHeight)"
+    )
+    heights = answer.locator(".table-wrap tbody td").evaluate_all(
+        "(cells) => cells.map((td) => td.clientHeight)"
+    )
+    assert max(heights) < 2 * line + 16 + 1, (heights, line)  # one line plus its padding
+    answer.locator(".table-hint").scroll_into_view_if_needed()
+    shoot(page, "mobile-table")
+    scroll_to_end(page)
     shoot(page, "mobile")
 
     sidebar = page.locator("#sidebar")

@@ -18,6 +18,7 @@ from tests.browser.helpers import (
     send,
 )
 from tests.servers import AppServer
+from tests.waiting import within
 
 
 def entries(page: Page) -> Locator:
@@ -46,7 +47,11 @@ def test_the_list_is_newest_first_and_loads_more_as_you_scroll(
 
 
 def test_rename_and_delete_conversations(
-    page: Page, log_in: Callable[[str], None], user: str, app_server: AppServer
+    page: Page,
+    log_in: Callable[[str], None],
+    user: str,
+    app_server: AppServer,
+    shoot: Callable[[Page, str], None],
 ) -> None:
     alpha, beta, gamma = seed_conversations(app_server, user, ["Alpha", "Beta", "Gamma"])
     log_in(user)
@@ -78,35 +83,62 @@ def test_rename_and_delete_conversations(
     expect(page).to_have_title("Alpha prime · chatimg")
     expect(page.locator(f'li[data-conversation-id="{alpha}"]')).to_have_text("Alpha prime")
 
-    # Delete asks first; saying no keeps it.
+    # Delete needs no native dialog: the entry goes at once, with a few seconds to undo.
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     gamma_entry = page.locator(f'#conversation-list li[data-conversation-id="{gamma}"]')
-    page.once("dialog", lambda dialog: dialog.dismiss())
+    undo_bar = page.locator("#undo-bar")
     gamma_entry.hover()
     gamma_entry.get_by_role("button", name="Delete “Gamma”").click()
+    expect(gamma_entry).to_be_hidden()
+    expect(undo_bar).to_have_text(re.compile(r"Deleted “Gamma”\.\s*Undo"))
+    expect(undo_bar.get_by_role("button", name="Undo")).to_be_focused()
+    shoot(page, "delete-undo")
+    undo_bar.get_by_role("button", name="Undo").click()
     expect(gamma_entry).to_be_visible()
-    page.once("dialog", lambda dialog: dialog.accept())
+    expect(undo_bar).to_be_hidden()
+    assert stored(app_server, gamma)
+    # Without Undo it is deleted for good once the bar has gone.
     gamma_entry.hover()
     gamma_entry.get_by_role("button", name="Delete “Gamma”").click()
+    expect(undo_bar).to_be_visible()
+    expect(undo_bar).to_be_hidden(timeout=20_000)
     expect(gamma_entry).to_have_count(0)
+    assert within(lambda: not stored(app_server, gamma), timeout=20)
 
     # Stored: a reload shows the same.
     page.reload()
     wait_until_ready(page)
     expect(entries(page)).to_have_text(["Alpha prime", "Beta, renamed"])
-    assert (
-        query(
-            app_server,
-            "SELECT 1 FROM conversations_conversation WHERE id = ?",
-            gamma.replace("-", ""),
-        )
-        == []
-    )
+
+    # Leaving the page while Undo is offered deletes it all the same.
+    beta_entry.hover()
+    beta_entry.get_by_role("button", name="Delete “Beta, renamed”").click()
+    expect(undo_bar).to_be_visible()
+    page.goto(f"/c/{alpha}/")
+    wait_until_ready(page)
+    assert within(lambda: not stored(app_server, beta), timeout=20)
+    page.reload()
+    wait_until_ready(page)
+    expect(entries(page)).to_have_text(["Alpha prime"])
 
     # Deleting the open conversation leaves for a new chat.
-    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Delete conversation").click()
-    expect(page).to_have_url(re.compile(r"/$"))
-    expect(entries(page)).to_have_text(["Beta, renamed"])
+    expect(page.locator("#main")).to_have_class(re.compile(r"is-deleting"))
+    expect(page).to_have_url(re.compile(r"/$"), timeout=20_000)
+    expect(entries(page)).to_have_count(0)
+    expect(page.locator("#list-empty")).to_be_visible()
+    assert dialogs == []
+
+
+def stored(server: AppServer, conversation: str) -> bool:
+    return bool(
+        query(
+            server,
+            "SELECT 1 FROM conversations_conversation WHERE id = ?",
+            conversation.replace("-", ""),
+        )
+    )
 
 
 def test_only_the_owner_can_rename_or_delete(

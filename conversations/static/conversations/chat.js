@@ -320,7 +320,7 @@ threadEl.addEventListener("click", async (event) => {
   }
   const suggestion = event.target.closest("[data-suggestion]");
   if (suggestion) {
-    composer.fill(suggestion.textContent.trim(), { replace: true });
+    send(suggestion.textContent.trim()); // a suggestion is a question: ask it
     return;
   }
   const button = event.target.closest("[data-action]");
@@ -334,7 +334,8 @@ threadEl.addEventListener("click", async (event) => {
       regenerate("turn.continue");
       break;
     case "copy":
-      confirmCopied(button, await copyText(thread.answerText(button.closest("article"))));
+      // The Markdown as written (people paste it elsewhere), not the rendered text.
+      confirmCopied(button, await copyText(thread.answerSource(button.closest("article")).trim()));
       break;
     case "copy-code":
       confirmCopied(button, await copyText(button.closest(".code-block").querySelector("pre").innerText));

@@ -1,5 +1,8 @@
 // The message box: Enter sends, Shift+Enter starts a new line, it grows with its
 // text, and an unsent draft survives a reload (localStorage, per conversation).
+// Over the length limit it says so and waits (length-limit.js).
+
+import * as limit from "./length-limit.js";
 
 const form = document.getElementById("composer");
 const input = document.getElementById("prompt");
@@ -22,7 +25,7 @@ export function init({ conversationId, onSend, onStop }) {
     event.preventDefault();
     // Blank lines around the message go; indentation of a first code line stays.
     const text = input.value.replace(/^\s*\n/, "").trimEnd();
-    if (!text.trim() || busy) return;
+    if (!text.trim() || busy || limit.over(text)) return;
     onSend(text);
     input.value = "";
     saveDraft();
@@ -67,7 +70,8 @@ function grow() {
 }
 
 function refresh() {
-  sendButton.disabled = busy || !input.value.trim();
+  limit.update(input);
+  sendButton.disabled = busy || !input.value.trim() || limit.over(input.value);
   sendButton.hidden = busy;
   stopButton.hidden = !busy;
   if (!busy) stopButton.disabled = false;

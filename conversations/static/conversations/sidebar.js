@@ -3,6 +3,7 @@
 // (sidebar entry, page header, document title).
 
 import { clone, postJSON, slot } from "./dom.js";
+import * as undo from "./undo.js";
 
 const sidebar = document.getElementById("sidebar");
 const list = document.getElementById("conversation-list");
@@ -206,23 +207,47 @@ async function rename(id, shown, className, focusAfter) {
   }
 }
 
-async function remove(id) {
+/** Delete a conversation, with a few seconds to undo it (undo.js) instead of a native confirm. */
+function remove(id) {
   const item = entry(id);
   const title = item ? titleOf(item) : heading.textContent;
-  if (!window.confirm(`Delete “${title}”? Its messages and images are deleted too.`)) return;
-  try {
-    await postJSON(`/c/${id}/delete/`);
-  } catch (error) {
-    onError("", `Could not delete the conversation. ${error.message}`);
-    return;
-  }
-  localStorage.removeItem(`chatimg:draft:${id}`);
-  if (id === current) {
-    window.location.assign("/");
-    return;
-  }
-  item?.remove();
-  emptyNote.hidden = Boolean(list.children.length);
+  const open = id === current;
+  const wasEmpty = emptyNote.hidden;
+  undo.offer({
+    message: `Deleted “${title}”.`,
+    url: `/c/${id}/delete/`,
+    hide: () => {
+      if (item) item.hidden = true;
+      emptyNote.hidden = [...list.children].some((li) => !li.hidden);
+      if (open) main.classList.add("is-deleting");
+      if (open) main.inert = true;
+    },
+    restore: () => {
+      if (item) item.hidden = false;
+      emptyNote.hidden = wasEmpty;
+      main.classList.remove("is-deleting");
+      main.inert = false;
+      (item?.querySelector('[data-action="delete"]') || headerActions.querySelector('[data-action="delete"]'))?.focus();
+    },
+    commit: async () => {
+      try {
+        await postJSON(`/c/${id}/delete/`);
+      } catch (error) {
+        if (item) item.hidden = false;
+        main.classList.remove("is-deleting");
+        main.inert = false;
+        onError("", `Could not delete the conversation. ${error.message}`);
+        return;
+      }
+      localStorage.removeItem(`chatimg:draft:${id}`);
+      if (open) {
+        window.location.assign("/");
+        return;
+      }
+      item?.remove();
+      emptyNote.hidden = Boolean(list.children.length);
+    },
+  });
 }
 
 list.addEventListener("click", (event) => {

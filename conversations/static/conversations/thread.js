@@ -1,10 +1,13 @@
 // The conversation thread in the DOM: messages, streaming text, image cards and
-// the final rendering. Model text only ever goes in as text; the one exception is
-// the server's sanitised HTML of a finished answer (`html` of assistant.completed
-// and assistant.failed), which replaces the streamed text.
+// the final rendering. Model text goes in as text, or as the Markdown of a
+// streaming answer rendered and sanitised with the server's own allow-list
+// (markdown-stream.js); the server's sanitised HTML of a finished answer (`html`
+// of assistant.completed and assistant.failed) then replaces it.
 
 import { clone, codePoints, dropCodePoints, icon, slot } from "./dom.js";
 import { buildCard, showPreview as showCardPreview } from "./images.js";
+import * as markdown from "./markdown-stream.js";
+import { watchTable } from "./tables.js";
 
 const thread = document.getElementById("thread");
 const scroller = document.getElementById("messages");
@@ -91,6 +94,7 @@ export function addDelta(article, offset, text) {
   if (article.dataset.status !== "streaming") markStreaming(article);
   article.dataset.textLength = String(end);
   const fresh = dropCodePoints(text, have - offset);
+  sources.set(article, answerSource(article) + fresh);
   if (!smooth || document.hidden) {
     flush(article);
     write(article, fresh);
@@ -139,9 +143,16 @@ function write(article, text) {
     segment.className = "md stream";
     body.append(segment);
   }
-  const last = segment.lastChild;
-  if (last && last.nodeType === Node.TEXT_NODE) last.appendData(text);
-  else segment.append(document.createTextNode(text));
+  markdown.append(segment, text); // rendered as Markdown at the next animation frame
+}
+
+// The Markdown source of each answer, for Copy: the server's text at page load
+// (data-source), plus every delta received since.
+const sources = new WeakMap();
+
+/** The answer's Markdown as the model wrote it (what Copy puts on the clipboard). */
+export function answerSource(article) {
+  return sources.get(article) ?? article.dataset.source ?? "";
 }
 
 /** The answer's text as the person reads it (for Copy): Markdown parts, not card labels. */
@@ -253,6 +264,10 @@ export function finish(article, end) {
   tickElapsed();
 }
 
+// Streaming segments the server sent as text (a reload mid-answer) render as Markdown too.
+markdown.setDecorator(enhance);
+for (const segment of thread.querySelectorAll(".md.stream")) markdown.adopt(segment);
+
 /** Code blocks get a header with the language and a Copy button; tables scroll in a box. */
 export function enhance(root) {
   for (const pre of root.querySelectorAll(".md pre")) {
@@ -283,6 +298,7 @@ export function enhance(root) {
     wrap.className = "table-wrap";
     table.replaceWith(wrap);
     wrap.append(table);
+    watchTable(wrap);
   }
 }
 

@@ -15,7 +15,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from conversations.models import ApiToken, Conversation, GeneratedImage, Message, ToolInvocation
+from conversations.models import (
+    ApiToken,
+    Conversation,
+    GeneratedImage,
+    Message,
+    Share,
+    ToolInvocation,
+)
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -211,4 +218,29 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
+
+
+@admin.register(Share)
+class ShareAdmin(admin.ModelAdmin):
+    """Every read-only link: whose, to what, until when; staff can end one."""
+
+    list_display = ["conversation", "owner", "created_at", "expires_at", "revoked_at", "live"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "created_at"]
+    list_select_related = ["owner", "conversation"]
+    search_fields = ["conversation__title", "owner__username"]
+    # The key alone opens nothing (the link is key + HMAC): not shown, not editable.
+    fields = ["conversation", "owner", "created_at", "expires_at", "revoked_at"]
+    readonly_fields = ["conversation", "owner", "created_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(boolean=True, description="Opens")
+    def live(self, obj: Share) -> bool:
+        return obj.is_live
+
+    @admin.action(description="Revoke the selected links")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Share]) -> None:
         queryset.filter(revoked_at=None).update(revoked_at=timezone.now())

@@ -87,9 +87,7 @@ def test_the_index_follows_renames_edits_and_deletes(alice: Any) -> None:
     assert found(alice, "harbour") == []
 
 
-def test_a_query_without_words_searches_nothing(
-    alice: Any, django_assert_num_queries: Any
-) -> None:
+def test_a_query_without_words_searches_nothing(alice: Any, django_assert_num_queries: Any) -> None:
     chat(alice, "Anything", "text")
     with django_assert_num_queries(0):
         assert search.search(alice, "  ?!  ") == []

@@ -40,7 +40,6 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.postgres.search import SearchQuery, SearchVectorField
 from django.db import connection, connections
 from django.db.models import F, Func, Q, QuerySet, Window
-from django.db.models.expressions import RawSQL
 from django.db.models.functions import RowNumber
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -66,7 +65,6 @@ SNIPPET_CHARS = 160
 WORD = re.compile(r"[^\W_]+")
 
 MESSAGE_FTS = "conversations_message_fts"
-TITLE_FTS = "conversations_title_fts"
 
 
 class Vector(Func):
@@ -102,32 +100,14 @@ def terms(query: str) -> list[str]:
 def search(user: Any, query: str, limit: int = RESULTS) -> list[Hit]:
     """The user's conversations matching every word of `query`, newest first.
 
-    Two queries whatever the number of results: the conversations, then the
-    newest matching message of each (for its snippet). Another user's
-    conversations are never candidates: the filter on the owner is part of
-    the first query.
+    A fixed number of queries whatever the number of results (two on
+    PostgreSQL, three on SQLite). Another user's conversations are never
+    candidates: the owner is part of every matching query.
     """
     words = terms(query)
     if not words:
         return []
-    matcher = _matcher(words)
-    found = list(
-        Conversation.objects.filter(user=user)
-        .filter(Q(pk__in=matcher.titles()) | Q(pk__in=matcher.messages().values("conversation")))
-        .order_by("-updated_at", "-id")
-        .values_list("id", "title", "updated_at")[:limit]
-    )
-    if not found:
-        return []
-    snippets = dict(
-        matcher.messages()
-        .filter(conversation__in=[pk for pk, _, _ in found])
-        .annotate(
-            newest=Window(RowNumber(), partition_by=[F("conversation")], order_by=F("id").desc())
-        )
-        .filter(newest=1)
-        .values_list("conversation", "text")
-    )
+    found, snippets = _matcher(words).find(user, limit)
     return [
         Hit(
             conversation_id=pk,
@@ -140,8 +120,11 @@ def search(user: Any, query: str, limit: int = RESULTS) -> list[Hit]:
     ]
 
 
+Found = list[tuple[uuid.UUID, str, datetime]]
+
+
 class _Matcher:
-    """Which conversations' titles and which messages match, as subqueries."""
+    """Which titles and messages match; the plain version scans (icontains)."""
 
     def __init__(self, words: list[str]) -> None:
         self.words = words
@@ -157,6 +140,32 @@ class _Matcher:
         for word in self.words:
             query &= Q(text__icontains=word)
         return Message.objects.filter(query)
+
+    def find(self, user: Any, limit: int) -> tuple[Found, dict[uuid.UUID, str]]:
+        """The conversations (id, title, updated_at), and the text of the newest
+        matching message of each: two queries, the database's planner choosing
+        how (PostgreSQL walks the recent conversations for a common word, and
+        goes through the GIN index for a rare one)."""
+        found = list(
+            Conversation.objects.filter(user=user)
+            .filter(Q(pk__in=self.titles()) | Q(pk__in=self.messages().values("conversation")))
+            .order_by("-updated_at", "-id")
+            .values_list("id", "title", "updated_at")[:limit]
+        )
+        if not found:
+            return [], {}
+        snippets = dict(
+            self.messages()
+            .filter(conversation__in=[pk for pk, _, _ in found])
+            .annotate(
+                newest=Window(
+                    RowNumber(), partition_by=[F("conversation")], order_by=F("id").desc()
+                )
+            )
+            .filter(newest=1)
+            .values_list("conversation", "text")
+        )
+        return found, snippets
 
 
 class _PostgresMatcher(_Matcher):
@@ -178,30 +187,59 @@ class _PostgresMatcher(_Matcher):
         return Message.objects.annotate(found=Vector("text")).filter(found=self._query())
 
 
+#: Matching messages read per step on SQLite, and the most steps (a bound on
+#: a pathological history: one conversation with thousands of matches).
+SQLITE_BATCH = 200
+SQLITE_MAX_BATCHES = 25
+
+
 class _SqliteMatcher(_Matcher):
-    def _query(self) -> str:
-        # FTS5's query syntax: a quoted string is a phrase of one word here
-        # (WORD has no quotes), "*" after it a prefix; terms are ANDed.
-        return " AND ".join(f'"{word}"*' for word in self.words)
+    """FTS5, the owner inside the index, newest message first.
 
-    def titles(self) -> QuerySet[Conversation, Any]:
-        return Conversation.objects.filter(
-            # The query goes in as a parameter; the SQL is constant.
-            pk__in=RawSQL(
-                "SELECT conversation_id FROM conversations_title_fts"
-                " WHERE conversations_title_fts MATCH %s",
-                [self._query()],
-            )
-        ).values("pk")
+    The message index's rowid is minus the message id, so FTS5's cheap
+    ascending walk is newest first; the owner is a column of the index, so
+    FTS5 intersects "this owner" with the words itself and stops after a
+    batch. (An FTS query joined to the owner afterwards reads every match of
+    every user: seconds for a common word on 20,000 conversations.)
+    """
 
-    def messages(self) -> QuerySet[Message]:
-        return Message.objects.filter(
-            pk__in=RawSQL(
-                "SELECT rowid FROM conversations_message_fts"
-                " WHERE conversations_message_fts MATCH %s",
-                [self._query()],
-            )
+    def _match(self, user: Any) -> str:
+        # FTS5's query syntax: a quoted string is one word here (WORD has no
+        # quotes); "*" makes it a prefix, from two letters on (a one-letter
+        # prefix matches nearly everything and is not what anyone means).
+        words = " AND ".join(f'"{w}"' + ("*" if len(w) > 1 else "") for w in self.words)
+        return f"owner : u{int(user.pk)} AND text : ({words})"
+
+    def find(self, user: Any, limit: int) -> tuple[Found, dict[uuid.UUID, str]]:
+        newest: dict[uuid.UUID, int] = {}  # conversation -> its newest matching message
+        with connection.cursor() as cursor:
+            after = -(2**63)
+            for _ in range(SQLITE_MAX_BATCHES):
+                cursor.execute(
+                    "SELECT m.id, m.conversation_id FROM conversations_message_fts f"
+                    " JOIN conversations_message m ON m.id = -f.rowid"
+                    " WHERE conversations_message_fts MATCH %s AND f.rowid > %s"
+                    " ORDER BY f.rowid LIMIT %s",
+                    [self._match(user), after, SQLITE_BATCH],
+                )
+                rows = cursor.fetchall()
+                for message_id, conversation_id in rows:
+                    newest.setdefault(uuid.UUID(conversation_id), message_id)
+                if len(rows) < SQLITE_BATCH or len(newest) >= limit:
+                    break
+                after = -rows[-1][0]
+        # Titles: LIKE over the owner's own conversations (short strings, one
+        # person's rows through the (user, updated_at) index: a few ms for
+        # 10,000); a title table in FTS5 would need an integer key to delete by.
+        found = list(
+            Conversation.objects.filter(user=user)
+            .filter(Q(pk__in=newest) | Q(pk__in=super().titles().filter(user=user)))
+            .order_by("-updated_at", "-id")
+            .values_list("id", "title", "updated_at")[:limit]
         )
+        wanted = [newest[pk] for pk, _, _ in found if pk in newest]
+        texts = dict(Message.objects.filter(pk__in=wanted).values_list("conversation", "text"))
+        return found, texts
 
 
 def _matcher(words: list[str]) -> _Matcher:
@@ -267,39 +305,31 @@ def _window(text: str, pattern: re.Pattern[str]) -> str:
 
 # --- the SQLite index ------------------------------------------------------------------
 
-#: FTS5 tables and the triggers that keep them in step with the rows. Messages
-#: use an external-content table (the text is stored once, in the message
-#: row); titles a small table of their own, because a conversation's key is a
-#: UUID and an external-content table needs an integer rowid.
-_SQLITE_TABLES = [
-    """CREATE VIRTUAL TABLE IF NOT EXISTS conversations_message_fts USING fts5(
-        text, content='conversations_message', content_rowid='id',
-        tokenize='unicode61 remove_diacritics 2')""",
-    """CREATE VIRTUAL TABLE IF NOT EXISTS conversations_title_fts USING fts5(
-        title, conversation_id UNINDEXED, tokenize='unicode61 remove_diacritics 2')""",
-]
+#: The FTS5 table and the triggers that keep it in step with the messages.
+#: Contentless (the text is stored once, in the message row), its rowid minus
+#: the message id (newest first), the owner a column ("u<user id>") so that
+#: FTS5 itself keeps to one person's messages. A message's conversation (and
+#: so its owner) never changes, which a contentless table's "delete" relies on.
+_SQLITE_TABLE = """CREATE VIRTUAL TABLE conversations_message_fts USING fts5(
+    owner, text, content='', prefix='2 3', tokenize='unicode61 remove_diacritics 2')"""
 _SQLITE_TRIGGERS = {
     "conversations_message_fts_insert": """AFTER INSERT ON conversations_message BEGIN
-        INSERT INTO conversations_message_fts(rowid, text) VALUES (new.id, new.text);
+        INSERT INTO conversations_message_fts(rowid, owner, text)
+            VALUES (-new.id, (SELECT 'u' || user_id FROM conversations_conversation
+                                       WHERE id = new.conversation_id), new.text);
     END""",
     "conversations_message_fts_delete": """AFTER DELETE ON conversations_message BEGIN
-        INSERT INTO conversations_message_fts(conversations_message_fts, rowid, text)
-            VALUES ('delete', old.id, old.text);
+        INSERT INTO conversations_message_fts(conversations_message_fts, rowid, owner, text)
+            VALUES ('delete', -old.id, (SELECT 'u' || user_id FROM conversations_conversation
+                                       WHERE id = old.conversation_id), old.text);
     END""",
     "conversations_message_fts_update": """AFTER UPDATE OF text ON conversations_message BEGIN
-        INSERT INTO conversations_message_fts(conversations_message_fts, rowid, text)
-            VALUES ('delete', old.id, old.text);
-        INSERT INTO conversations_message_fts(rowid, text) VALUES (new.id, new.text);
-    END""",
-    "conversations_title_fts_insert": """AFTER INSERT ON conversations_conversation BEGIN
-        INSERT INTO conversations_title_fts(title, conversation_id) VALUES (new.title, new.id);
-    END""",
-    "conversations_title_fts_delete": """AFTER DELETE ON conversations_conversation BEGIN
-        DELETE FROM conversations_title_fts WHERE conversation_id = old.id;
-    END""",
-    "conversations_title_fts_update": """AFTER UPDATE OF title ON conversations_conversation BEGIN
-        DELETE FROM conversations_title_fts WHERE conversation_id = old.id;
-        INSERT INTO conversations_title_fts(title, conversation_id) VALUES (new.title, new.id);
+        INSERT INTO conversations_message_fts(conversations_message_fts, rowid, owner, text)
+            VALUES ('delete', -old.id, (SELECT 'u' || user_id FROM conversations_conversation
+                                       WHERE id = old.conversation_id), old.text);
+        INSERT INTO conversations_message_fts(rowid, owner, text)
+            VALUES (-new.id, (SELECT 'u' || user_id FROM conversations_conversation
+                                       WHERE id = new.conversation_id), new.text);
     END""",
 }
 
@@ -307,7 +337,7 @@ _ready: dict[str, bool] = {}
 
 
 def ensure_sqlite_index(using: str = "default") -> bool:
-    """Create the FTS5 tables and triggers when missing; rebuild the index if
+    """Create the FTS5 table and triggers when missing; rebuild the index if
     any trigger was missing (rows may have changed unseen). Returns whether
     FTS5 search is in place. Idempotent; run after every migrate.
     """
@@ -316,39 +346,38 @@ def ensure_sqlite_index(using: str = "default") -> bool:
         return False
     _ready.pop(using, None)
     with db.cursor() as cursor:
-        try:
-            for statement in _SQLITE_TABLES:
-                cursor.execute(statement)
-        except Exception as exc:  # an SQLite built without FTS5
-            log.warning("SQLite has no FTS5 (%s): search falls back to icontains", exc)
-            return False
         cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         present = {name for (name,) in cursor.fetchall()}
+        cursor.execute("SELECT count(*) FROM sqlite_master WHERE name = %s", [MESSAGE_FTS])
+        if not cursor.fetchone()[0]:
+            try:
+                cursor.execute(_SQLITE_TABLE)
+            except Exception as exc:  # an SQLite built without FTS5
+                log.warning("SQLite has no FTS5 (%s): search falls back to icontains", exc)
+                return False
+            present = set()
         missing = [name for name in _SQLITE_TRIGGERS if name not in present]
         for name in missing:
             cursor.execute(f"CREATE TRIGGER {name} {_SQLITE_TRIGGERS[name]}")
         if missing:
             cursor.execute(
                 "INSERT INTO conversations_message_fts(conversations_message_fts) VALUES (%s)",
-                ["rebuild"],
+                ["delete-all"],
             )
-            cursor.execute("DELETE FROM conversations_title_fts")
             cursor.execute(
-                "INSERT INTO conversations_title_fts(title, conversation_id) "
-                "SELECT title, id FROM conversations_conversation"
+                "INSERT INTO conversations_message_fts(rowid, owner, text)"
+                " SELECT -m.id, 'u' || c.user_id, m.text FROM conversations_message m"
+                " JOIN conversations_conversation c ON c.id = m.conversation_id"
             )
     return True
 
 
 def sqlite_index_ready(using: str = "default") -> bool:
-    """Whether the FTS5 tables exist on this database (looked up once per process)."""
+    """Whether the FTS5 table exists on this database (looked up once per process)."""
     if using not in _ready:
         with connections[using].cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM sqlite_master WHERE name IN (%s, %s)",
-                [MESSAGE_FTS, TITLE_FTS],
-            )
-            _ready[using] = cursor.fetchone()[0] == 2
+            cursor.execute("SELECT count(*) FROM sqlite_master WHERE name = %s", [MESSAGE_FTS])
+            _ready[using] = cursor.fetchone()[0] == 1
     return _ready[using]
 
 

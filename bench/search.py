@@ -27,14 +27,15 @@ from typing import Any
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def setup(config: str, pg_db: str) -> None:
+def setup(config: str, pg_db: str, reuse: bool) -> None:
     os.environ.pop("REDIS_URL", None)
     if config == "postgres":
         import psycopg
 
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {pg_db}")
-            conn.execute(f"CREATE DATABASE {pg_db}")
+        if not reuse:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {pg_db}")
+                conn.execute(f"CREATE DATABASE {pg_db}")
         os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{pg_db}"
     else:
         os.environ.pop("DATABASE_URL", None)
@@ -94,21 +95,32 @@ def main() -> None:
     parser.add_argument("--pg-db", default="chatimg_search")
     parser.add_argument("--conversations", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument(
+        "--reuse", action="store_true", help="PostgreSQL: keep the database seeded by a last run"
+    )
     args = parser.parse_args()
-    setup(args.config, args.pg_db)
+    setup(args.config, args.pg_db, args.reuse and args.config == "postgres")
     from django.db import connection
 
     from conversations import search
 
     rng = random.Random(15)
     started = time.perf_counter()
-    owner, words = seed(args.conversations, rng)
+    from django.contrib.auth import get_user_model
+
+    owner = get_user_model().objects.filter(username="owner").first()
+    if owner is not None:
+        words = vocabulary(5000, rng)  # the same words as the run that seeded it
+    else:
+        owner, words = seed(args.conversations, rng)
     if connection.vendor == "postgresql":
+        # What autovacuum does on a live database: statistics, and the GIN
+        # pending list merged into the index (fastupdate; until then every
+        # search reads the pending list through).
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE")
-    print(
-        f"seeded {args.conversations:,} conversations x 2 users in {time.perf_counter() - started:.0f} s"
-    )
+            cursor.execute("VACUUM ANALYZE")
+    seconds = time.perf_counter() - started
+    print(f"ready: {args.conversations:,} conversations x 2 users, {seconds:.0f} s")
     print(f"backend: {search.backend_name()}; load: {os.getloadavg()}")
     queries = {
         "common word": words[0],

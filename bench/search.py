@@ -1,6 +1,7 @@
 """Search over a large history: p50/p95 of conversations.search.search on both stacks.
 
     .venv/bin/python -m bench.search --config sqlite          # temp SQLite file
+    SQLITE_PATH=/tmp/bench-search-…/db .venv/bin/python -m bench.search   # reuse it
     .venv/bin/python -m bench.search --config postgres --pg-db chatimg_search
 
 One user owns N conversations (default 10,000) of 4 messages each (about 60
@@ -39,7 +40,8 @@ def setup(config: str, pg_db: str, reuse: bool) -> None:
         os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{pg_db}"
     else:
         os.environ.pop("DATABASE_URL", None)
-        os.environ["SQLITE_PATH"] = str(Path(tempfile.mkdtemp(prefix="bench-search-")) / "db")
+        if not os.environ.get("SQLITE_PATH"):  # given: a file seeded by a last run
+            os.environ["SQLITE_PATH"] = str(Path(tempfile.mkdtemp(prefix="bench-search-")) / "db")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatimg.settings")
     import django
 

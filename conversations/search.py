@@ -129,11 +129,14 @@ class _Matcher:
     def __init__(self, words: list[str]) -> None:
         self.words = words
 
-    def titles(self) -> QuerySet[Conversation, Any]:
+    def _title_like(self) -> Q:
         query = Q()
         for word in self.words:
             query &= Q(title__icontains=word)
-        return Conversation.objects.filter(query).values("pk")
+        return query
+
+    def titles(self) -> QuerySet[Conversation, Any]:
+        return Conversation.objects.filter(self._title_like()).values("pk")
 
     def messages(self) -> QuerySet[Message]:
         query = Q()
@@ -233,7 +236,7 @@ class _SqliteMatcher(_Matcher):
         # 10,000); a title table in FTS5 would need an integer key to delete by.
         found = list(
             Conversation.objects.filter(user=user)
-            .filter(Q(pk__in=newest) | Q(pk__in=super().titles().filter(user=user)))
+            .filter(Q(pk__in=newest) | self._title_like())
             .order_by("-updated_at", "-id")
             .values_list("id", "title", "updated_at")[:limit]
         )

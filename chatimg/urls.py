@@ -1,10 +1,10 @@
-"""The HTTP routes: the chat pages, images, tokens, accounts and the admin."""
+"""The HTTP routes: the chat pages, search, shares, exports, images, tokens, accounts, admin."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from conversations import image_views, views
+from conversations import export, image_views, search, sharing, views
 
 urlpatterns = [
     path("", views.chat, name="chat"),
@@ -13,6 +13,17 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/rename/", views.rename_conversation, name="rename_conversation"),
     path("c/<uuid:conversation_id>/delete/", views.delete_conversation, name="delete_conversation"),
     path("images/", image_views.gallery, name="gallery"),
+    path("c/<uuid:conversation_id>/shares/", sharing.shares, name="shares"),
+    path(
+        "c/<uuid:conversation_id>/shares/<int:share_id>/revoke/",
+        sharing.revoke_share,
+        name="revoke_share",
+    ),
+    path("c/<uuid:conversation_id>/export.md", export.export_markdown, name="export_markdown"),
+    path("c/<uuid:conversation_id>/export.zip", export.export_zip, name="export_zip"),
+    path("search/", search.search_view, name="search"),
+    path("s/<str:token>/", sharing.shared, name="shared"),
+    path("s/<str:token>/images/<uuid:image_id>/", sharing.shared_image, name="shared_image"),
     path("images/<uuid:image_id>/", views.image, name="image"),
     path("images/<uuid:image_id>/thumb/", image_views.image_thumbnail, name="image_thumbnail"),
     path("attachments/", image_views.upload, name="upload_attachment"),

@@ -21,6 +21,7 @@ from conversations.models import (
     Conversation,
     GeneratedImage,
     Message,
+    Share,
     ToolInvocation,
 )
 
@@ -341,3 +342,28 @@ class AttachmentAdmin(admin.ModelAdmin):
     @admin.display(description="Storage key")
     def key(self, obj: Attachment) -> str:
         return str(obj.file.name)
+
+
+@admin.register(Share)
+class ShareAdmin(admin.ModelAdmin):
+    """Every read-only link: whose, to what, until when; staff can end one."""
+
+    list_display = ["conversation", "owner", "created_at", "expires_at", "revoked_at", "live"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "created_at"]
+    list_select_related = ["owner", "conversation"]
+    search_fields = ["conversation__title", "owner__username"]
+    # The key alone opens nothing (the link is key + HMAC): not shown, not editable.
+    fields = ["conversation", "owner", "created_at", "expires_at", "revoked_at"]
+    readonly_fields = ["conversation", "owner", "created_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(boolean=True, description="Opens")
+    def live(self, obj: Share) -> bool:
+        return obj.is_live
+
+    @admin.action(description="Revoke the selected links")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Share]) -> None:
+        queryset.filter(revoked_at=None).update(revoked_at=timezone.now())

@@ -1062,3 +1062,97 @@ class ApiToken(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+class ShareQuerySet(models.QuerySet["Share"]):
+    def live(self, now: Any = None) -> ShareQuerySet:
+        """Shares that still open: not revoked, not expired."""
+        now = now or timezone.now()
+        return self.filter(revoked_at=None).filter(Q(expires_at=None) | Q(expires_at__gt=now))
+
+    def by_token(self, token: str) -> Share | None:
+        """The live share a link's token opens (its conversation selected), or None.
+
+        One indexed lookup by the token's key; the rest of the token must be
+        the key's HMAC under this server's secret (compared in constant time).
+        """
+        key, mac = token[: Share.KEY_CHARS], token[Share.KEY_CHARS :]
+        if len(key) != Share.KEY_CHARS or not mac:
+            return None
+        share = self.live().filter(key=key).select_related("conversation").first()
+        if share is None or not share.verify(mac):
+            return None
+        return share
+
+
+class Share(models.Model):
+    """A read-only link to one conversation, for anyone who holds it.
+
+    The link's token is `key` + HMAC(SECRET_KEY, key). Only the random key is
+    stored: the database alone cannot rebuild a link (a leaked backup opens
+    nothing), yet the owner can copy the link again at any time, since the
+    server can recompute it. Rotating SECRET_KEY ends every link unless the
+    old key stays in SECRET_KEY_FALLBACKS. See docs/security.md.
+    """
+
+    KEY_CHARS = 22  # secrets.token_urlsafe(16): 128 random bits
+    MAC_CHARS = 32  # 128 bits of the HMAC-SHA256, hex
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="shares"
+    )
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="shares")
+    key = models.CharField(max_length=KEY_CHARS, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ShareQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.conversation} ({self.key[:6]}…)"
+
+    def get_absolute_url(self) -> str:
+        return reverse("shared", args=[self.token])
+
+    @classmethod
+    def open(cls, conversation: Conversation, days: int | None = None) -> Share:
+        """A new link to the conversation, by its owner; `days` until it stops working."""
+        expires = timezone.now() + timedelta(days=days) if days else None
+        return cls.objects.create(
+            owner_id=conversation.user_id,
+            conversation=conversation,
+            key=secrets.token_urlsafe(16),
+            expires_at=expires,
+        )
+
+    @staticmethod
+    def mac_of(key: str, secret: str | bytes | None = None) -> str:
+        from django.utils.crypto import salted_hmac
+
+        digest = salted_hmac("chatimg.share", key, secret=secret, algorithm="sha256")
+        return digest.hexdigest()[: Share.MAC_CHARS]
+
+    def verify(self, mac: str) -> bool:
+        from django.utils.crypto import constant_time_compare
+
+        secrets_ = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+        return any(constant_time_compare(mac, self.mac_of(self.key, s)) for s in secrets_)
+
+    @property
+    def token(self) -> str:
+        return self.key + self.mac_of(self.key)
+
+    @property
+    def is_live(self) -> bool:
+        return self.revoked_at is None and (
+            self.expires_at is None or self.expires_at > timezone.now()
+        )
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from chatimg.layers import FastDispatchConsumer
-from conversations import access, dbpool, frames, limits, protocol, runtime
+from conversations import access, dbpool, frames, limits, protocol, rendering, runtime
 from conversations.following import Follower
 from conversations.models import Conversation, Message
 from conversations.turns import TurnContext
@@ -113,13 +113,13 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
 
     async def on_turn_regenerate(self, frame: frames.ConversationFrame) -> None:
         runtime.refuse_if_draining()
-        conversation, (replaced, answer) = await dbpool.run(self._restart)(
+        conversation, (replaced, answer, versions) = await dbpool.run(self._restart)(
             frame, Conversation.begin_regeneration
         )
         await self._follow(conversation)
         self.follower.holds(answer.pk, 0)
-        # Every follower (other tabs too) swaps the old answer for the new one.
-        replacing = protocol.turn_regenerating(conversation.pk, replaced, answer.pk)
+        # Every follower (other tabs too) swaps the old answer (kept as a version) for the new one.
+        replacing = protocol.turn_regenerating(conversation.pk, replaced, answer.pk, versions)
         await runtime.publish(conversation.pk, replacing)
         await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user))
 
@@ -134,13 +134,70 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user, continuation=True))
 
     def _restart(
-        self, frame: frames.ConversationFrame, begin: Callable[[Conversation], R]
+        self,
+        frame: frames.ConversationFrame | frames.EditFrame,
+        begin: Callable[[Conversation], R],
     ) -> tuple[Conversation, R]:
-        """Regenerate or continue: credentials, ownership, the rate limit, in one trip."""
+        """Regenerate, continue or edit: credentials, ownership, the rate limit, in one trip."""
         self.credentials.verify()
         conversation = Conversation.objects.owned(self.user, frame.conversation_id)
         limits.count_send(self.user.pk)
         return conversation, begin(conversation)
+
+    # --- edit and branch (docs/protocol.md) -----------------------------------------
+
+    async def on_message_edit(self, frame: frames.EditFrame) -> None:
+        """A new version of a user message, answered on its own branch."""
+        runtime.refuse_if_draining()
+        conversation, (question, answer, created, replaced, versions) = await dbpool.run(
+            self._restart
+        )(frame, lambda c: c.begin_edit(frame.message_id, frame.text, frame.client_message_id))
+        await self._follow(conversation)
+        self.follower.holds(answer.pk, 0)
+        branch = protocol.edit_branch(replaced, versions)
+        if created:
+            cid, text = frame.client_message_id, frame.text
+            await runtime.publish(
+                conversation.pk,
+                protocol.message_created(conversation.pk, question.pk, cid, text, branch),
+            )
+            await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user))
+        await self.send(
+            protocol.message_accepted(
+                conversation.pk,
+                client_message_id=frame.client_message_id,
+                message_id=question.pk,
+                assistant_message_id=answer.pk,
+                duplicate=not created,
+                title=conversation.title or Conversation.title_from(frame.text),
+                url=conversation.get_absolute_url(),
+                branch=branch,
+            )
+        )
+        if not created:
+            await self._catch_up(conversation, answer.pk, offset=0)
+
+    async def on_branch_switch(self, frame: frames.SwitchFrame) -> None:
+        """Another version: every follower re-renders from where the branches part."""
+        switched = await dbpool.run(self._switch)(frame)
+        if switched is not None:
+            await runtime.publish(frame.conversation_id, switched)
+        else:  # already the active branch: only this client hears so
+            empty = protocol.branch_switched(frame.conversation_id, frame.message_id, None, [], "")
+            await self.send(empty)
+
+    def _switch(self, frame: frames.SwitchFrame) -> str | None:
+        conversation = Conversation.objects.owned(self.user, frame.conversation_id)
+        replaced, messages = conversation.switch_branch(frame.message_id)
+        if replaced is None:
+            return None
+        return protocol.branch_switched(
+            conversation.pk,
+            frame.message_id,
+            replaced,
+            [protocol.branch_message(message) for message in messages],
+            rendering.thread_html(messages),
+        )
 
     async def on_turn_cancel(self, frame: frames.ConversationFrame) -> None:
         conversation = await self._owned(frame.conversation_id)

@@ -600,6 +600,16 @@ class Message(models.Model):
             del self.__dict__["parent_id"]
 
     @property
+    def version_index(self) -> int:
+        """This message's place among its versions, from 1 (the page's "2 / 3")."""
+        versions = getattr(self, "versions", [self.pk])
+        return versions.index(self.pk) + 1 if self.pk in versions else 1
+
+    @property
+    def has_versions(self) -> bool:
+        return len(getattr(self, "versions", ())) > 1
+
+    @property
     def error_text(self) -> str:
         """The plain sentence for this answer's error code (the page shows it)."""
         return text_of(self.error_code)

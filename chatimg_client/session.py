@@ -63,8 +63,12 @@ class ChatSession:
         err: TextIO | None = None,
         raw: bool = False,
         continue_answer: bool = False,
+        edit: bool = False,
     ) -> None:
         self.prompt = prompt
+        # Send `prompt` as a new version of the conversation's last message
+        # (message.edit): its answer streams like any other.
+        self.edit = edit
         # Carry on the conversation's last answer (cut at its length limit)
         # instead of sending `prompt`: only the new text is printed.
         self.continue_answer = continue_answer
@@ -188,7 +192,7 @@ class ChatSession:
             # Not accepted yet (or the acceptance was lost): the same frame again,
             # which the server answers with `duplicate: true` if it got the first.
             frame = {
-                "type": "message.send",
+                "type": "message.edit" if self.edit else "message.send",
                 "conversation_id": self.conversation_id,
                 "client_message_id": self.client_message_id,
                 "text": self.prompt,
@@ -325,6 +329,7 @@ async def run(
     err: TextIO | None = None,
     raw: bool = False,
     continue_answer: bool = False,
+    edit: bool = False,
 ) -> int:
     """Send `prompt` (or continue the last answer), stream the answer to `out`, save its
     images; returns an exit code."""
@@ -338,5 +343,6 @@ async def run(
         err=err,
         raw=raw,
         continue_answer=continue_answer,
+        edit=edit,
     )
     return await session.run()

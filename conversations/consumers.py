@@ -25,6 +25,8 @@ from conversations.turns import TurnContext
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+#: branch.list sends at most this many messages (the latest of the active branch).
+BRANCH_LIST_MESSAGES = 100
 
 
 class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
@@ -181,6 +183,8 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         """Another version: every follower re-renders from where the branches part."""
         switched = await dbpool.run(self._switch)(frame)
         if switched is not None:
+            # Owned (_switch checked): follow it, so that this client hears the switch too.
+            await self._join(protocol.group_name(frame.conversation_id))
             await runtime.publish(frame.conversation_id, switched)
         else:  # already the active branch: only this client hears so
             empty = protocol.branch_switched(frame.conversation_id, frame.message_id, None, [], "")
@@ -198,6 +202,15 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
             [protocol.branch_message(message) for message in messages],
             rendering.thread_html(messages),
         )
+
+    async def on_branch_list(self, frame: frames.ListFrame) -> None:
+        await self.send(await dbpool.run(self._branch)(frame))
+
+    def _branch(self, frame: frames.ListFrame) -> str:
+        conversation = Conversation.objects.owned(self.user, frame.conversation_id)
+        messages = conversation.active_tail(BRANCH_LIST_MESSAGES)
+        listed = [protocol.branch_message(message) for message in messages]
+        return protocol.branch_listed(conversation.pk, listed)
 
     async def on_turn_cancel(self, frame: frames.ConversationFrame) -> None:
         conversation = await self._owned(frame.conversation_id)

@@ -142,7 +142,7 @@ class EditFrame(_Frame):
 
     type: Literal["message.edit"]
     conversation_id: uuid.UUID
-    message_id: StrictInt
+    message_id: StrictInt | None = None  # None: the active branch's last question
     client_message_id: StrictStr = Field(min_length=1, max_length=64)
     text: StrictStr = Field(pattern=r"\S")
 
@@ -155,14 +155,23 @@ class SwitchFrame(_Frame):
     message_id: StrictInt
 
 
+class ListFrame(_Frame):
+    """branch.list: the active branch's messages, with their versions."""
+
+    type: Literal["branch.list"]
+    conversation_id: uuid.UUID
+
+
 class PingFrame(_Frame):
     type: Literal["ping"]
     id: Any = None
 
 
-ClientFrame = SendFrame | ConversationFrame | SubscribeFrame | PingFrame | EditFrame | SwitchFrame
+ClientFrame = (
+    SendFrame | ConversationFrame | SubscribeFrame | PingFrame | EditFrame | SwitchFrame | ListFrame
+)
 TYPES = {"message.send", "turn.cancel", "turn.regenerate", "turn.continue"}
-TYPES |= {"conversation.subscribe", "ping", "message.edit", "branch.switch"}
+TYPES |= {"conversation.subscribe", "ping", "message.edit", "branch.switch", "branch.list"}
 _schema: TypeAdapter[ClientFrame] = TypeAdapter(Annotated[ClientFrame, Field(discriminator="type")])
 
 

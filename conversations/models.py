@@ -313,6 +313,11 @@ class Conversation(models.Model):
         )
         return _with_versions(messages, tree)
 
+    def active_tail(self, count: int) -> list[Message]:
+        """The last `count` messages of the active branch, oldest first, with `versions`."""
+        tail = list(reversed(self.messages.filter(active=True).order_by("-id")[:count]))
+        return _with_versions(tail, self._tree())
+
     def versions_of(self, parent_id: int | None) -> list[int]:
         """The ids of the messages that follow `parent_id` (None: the first ones), oldest first."""
         return list(
@@ -320,7 +325,7 @@ class Conversation(models.Model):
         )
 
     def begin_edit(
-        self, message_id: int, text: str, client_message_id: str
+        self, message_id: int | None, text: str, client_message_id: str
     ) -> tuple[Message, Message, bool, int, list[int]]:
         """Branch from a user message: its edited text becomes a sibling, and is answered.
 
@@ -328,9 +333,14 @@ class Conversation(models.Model):
         original and everything after it stay, off the active branch. A resend
         (the same client_message_id) returns the first edit with created=False.
         NotFound for a message that is not a user message of this conversation;
-        TurnInProgress while an answer streams (nothing changes).
+        TurnInProgress while an answer streams (nothing changes). `message_id`
+        None: the last question of the active branch (the CLI's --edit-last).
         """
-        original = self.messages.filter(pk=message_id, role=Message.Role.USER).first()
+        questions = self.messages.filter(role=Message.Role.USER)
+        if message_id is None:
+            original = questions.filter(active=True).order_by("-id").first()
+        else:
+            original = questions.filter(pk=message_id).first()
         if original is None:
             raise MessageNotFound
         existing = self._accepted(client_message_id)

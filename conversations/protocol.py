@@ -341,6 +341,10 @@ def turn_regenerating(
     )
 
 
+def branch_listed(conversation_id: uuid.UUID, messages: list[dict[str, Any]]) -> str:
+    return encode("branch.listed", conversation_id=str(conversation_id), messages=messages)
+
+
 def branch_message(message: Any) -> dict[str, Any]:
     """A message of a switched-to branch (a Message with `versions`), for programs."""
     return {

@@ -349,10 +349,19 @@ class Conversation(models.Model):
         try:
             with transaction.atomic():
                 self._lock()
-                if self.messages.filter(status=Message.Status.STREAMING).exists():
+                tree = self._tree()
+                if any(node.status == Message.Status.STREAMING for node in tree.values()):
                     raise TurnInProgress
-                # The original and its active descendants: ids grow along a path.
-                self.messages.filter(active=True, id__gte=original.pk).update(active=False)
+                # The new branch: the original's ancestors, then the new version.
+                # (The original is usually on the active branch, but a client may
+                # edit one it still shows after another tab switched away.)
+                ancestors, at = set(), original.parent_id
+                while at is not None:
+                    ancestors.add(at)
+                    at = tree[at].parent_id
+                active = {pk for pk, node in tree.items() if node.active}
+                self.messages.filter(id__in=active - ancestors).update(active=False)
+                self.messages.filter(id__in=ancestors - active).update(active=True)
                 user_message = Message(
                     conversation=self,
                     role=Message.Role.USER,

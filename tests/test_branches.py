@@ -401,3 +401,29 @@ async def test_after_an_edit_catch_up_and_a_reload_show_the_active_branch(
     assert "Answer to the edit." in page and "second question, edited" in page
     assert "Second answer." not in page and ">second question<" not in page
     assert "2 / 2" in page and "First answer." in page
+
+
+async def test_editing_a_message_of_a_branch_left_behind_makes_its_path_the_active_one(
+    make_user: Any, connect: Any, fake_openai: Any
+) -> None:
+    socket = await connect(await database_sync_to_async(make_user)("alice"))
+    conversation_id, first, second = await two_exchanges(socket, fake_openai)
+    fake_openai.script_chat(Reply(text="Answer one."), Reply(text="Answer two."))
+    edit = dict(conversation_id=conversation_id, message_id=first[0]["message_id"])
+    await socket.send("message.edit", **edit, client_message_id="e1", text="first, edited")
+    await socket.receive_until("assistant.completed")
+    # A tab that still shows the first branch edits its second question.
+    stale = dict(conversation_id=conversation_id, message_id=second[0]["message_id"])
+    await socket.send("message.edit", **stale, client_message_id="e2", text="second, edited")
+    await socket.receive_until("assistant.completed")
+    assert await active_texts(conversation_id) == [
+        "first question",
+        "First answer.",
+        "second, edited",
+        "Answer two.",
+    ]
+    assert sent_to_model(fake_openai) == [
+        ("user", "first question"),
+        ("assistant", "First answer."),
+        ("user", "second, edited"),
+    ]

@@ -191,6 +191,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
             await self.send(empty)
 
     def _switch(self, frame: frames.SwitchFrame) -> str | None:
+        self.credentials.verify()  # a revoked credential changes nothing
         conversation = Conversation.objects.owned(self.user, frame.conversation_id)
         replaced, messages = conversation.switch_branch(frame.message_id)
         if replaced is None:

@@ -194,7 +194,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         self.credentials.verify()  # a revoked credential changes nothing
         conversation = Conversation.objects.owned(self.user, frame.conversation_id)
         replaced, messages = conversation.switch_branch(frame.message_id)
-        if replaced is None:
+        if not messages:
             return None
         return protocol.branch_switched(
             conversation.pk,

@@ -386,8 +386,8 @@ class Conversation(models.Model):
 
         Down from it, each step takes the child that was chosen last. Returns
         (replaced_id, messages): the message that was active where the branches
-        part (None if nothing changed) and the new branch from there to its
-        leaf, with `versions`. NotFound for a message not in this conversation;
+        part and the new branch from there to its leaf, with `versions`; no
+        messages if nothing changed. NotFound for a message not in this conversation;
         TurnInProgress while an answer streams.
         """
         with transaction.atomic():
@@ -408,6 +408,11 @@ class Conversation(models.Model):
             replaced = next(
                 (n.id for n in tree.values() if n.active and n.parent_id == parent_id), None
             )
+            if replaced is None and fork > 0:
+                # Nothing was shown at the fork (a message deleted in the admin):
+                # re-render from its parent down.
+                fork -= 1
+                replaced = path[fork]
             old = {pk for pk, node in tree.items() if node.active}
             self.messages.filter(id__in=old - set(path)).update(active=False)
             self.messages.filter(id__in=set(path) - old).update(active=True)

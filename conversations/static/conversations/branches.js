@@ -71,7 +71,8 @@ function switchTo(article, step) {
  */
 export function applySwitch(frame) {
   if (!frame.replaces_message_id) {
-    refresh(busy);
+    if (frame.messages.length) window.location.reload(); // the whole thread changed
+    else refresh(busy); // already the active branch
     return;
   }
   const from = threadEl.querySelector(`article[data-message-id="${frame.replaces_message_id}"]`);

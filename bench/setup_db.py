@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 from typing import Any
@@ -103,6 +104,10 @@ def long_chat(messages: int, with_images: int) -> dict[str, Any]:
                 )
         Message.objects.bulk_create(rows)
         stored = list(conversation.messages.order_by("id"))
+        # bulk_create skips Message.save: each message follows the one before it (one path).
+        for before, message in itertools.pairwise(stored):
+            message.parent_id = before.pk
+        Message.objects.bulk_update(stored, ["parent"], batch_size=500)
         for index, answer in enumerate(m for m in stored if m.role == Message.Role.ASSISTANT):
             answer.reply_to_id = stored[stored.index(answer) - 1].pk
             answer.save(update_fields=["reply_to"])

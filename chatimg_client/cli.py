@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import NoReturn
 
+from chatimg_client.branches import run_branch
 from chatimg_client.session import (
     DEFAULT_IMAGES_DIR,
     DEFAULT_URL,
@@ -69,6 +70,23 @@ def _parser() -> argparse.ArgumentParser:
         help="carry on the conversation's last answer where it stopped at the model's "
         "length limit (needs --conversation; no prompt)",
     )
+    branch = parser.add_argument_group("versions (edit and branch; all need --conversation)")
+    branch.add_argument(
+        "--edit-last",
+        action="store_true",
+        help="send the prompt as a new version of your last message: a new branch, answered",
+    )
+    branch.add_argument(
+        "--versions",
+        action="store_true",
+        help="list the active branch: each message's id, and its versions (no prompt)",
+    )
+    branch.add_argument(
+        "--switch",
+        type=int,
+        metavar="ID",
+        help="make the version ID (an id from --versions) the active one (no prompt)",
+    )
     return parser
 
 
@@ -83,6 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     conversation = str(args.conversation) if args.conversation else None
+    if (args.versions or args.switch is not None or args.edit_last) and not conversation:
+        parser.error("--edit-last, --versions and --switch need --conversation")
+    if args.versions or args.switch is not None:
+        if args.prompt:
+            parser.error("--versions and --switch take no prompt")
+        assert conversation is not None
+        return asyncio.run(
+            run_branch(
+                url=args.url, token=token, conversation_id=conversation, switch_to=args.switch
+            )
+        )
     if args.continue_answer:
         if not conversation:
             parser.error("--continue needs --conversation")
@@ -116,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 images_dir=args.images_dir,
                 raw=args.json,
                 attach=args.attach,
+                edit=args.edit_last,
             )
         )
     except KeyboardInterrupt:

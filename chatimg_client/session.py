@@ -64,11 +64,15 @@ class ChatSession:
         raw: bool = False,
         continue_answer: bool = False,
         attach: list[Path] | None = None,
+        edit: bool = False,
     ) -> None:
         self.prompt = prompt
         # Images to upload (POST /attachments/) and send with the message.
         self.attach = [Path(path) for path in attach or []]
         self.attachment_ids: list[str] | None = None  # once uploaded
+        # Send `prompt` as a new version of the conversation's last message
+        # (message.edit): its answer streams like any other.
+        self.edit = edit
         # Carry on the conversation's last answer (cut at its length limit)
         # instead of sending `prompt`: only the new text is printed.
         self.continue_answer = continue_answer
@@ -208,7 +212,7 @@ class ChatSession:
             # Not accepted yet (or the acceptance was lost): the same frame again,
             # which the server answers with `duplicate: true` if it got the first.
             send: dict[str, Any] = {
-                "type": "message.send",
+                "type": "message.edit" if self.edit else "message.send",
                 "conversation_id": self.conversation_id,
                 "client_message_id": self.client_message_id,
                 "text": self.prompt,
@@ -405,6 +409,7 @@ async def run(
     raw: bool = False,
     continue_answer: bool = False,
     attach: list[Path] | None = None,
+    edit: bool = False,
 ) -> int:
     """Send `prompt` (or continue the last answer), stream the answer to `out`, save its
     images; returns an exit code."""
@@ -419,5 +424,6 @@ async def run(
         raw=raw,
         continue_answer=continue_answer,
         attach=attach,
+        edit=edit,
     )
     return await session.run()

@@ -28,6 +28,7 @@ from conversations import (
     instances,
     limits,
     protocol,
+    rendering,
     runtime,
     streams,
 )
@@ -37,6 +38,8 @@ from conversations.turns import TurnContext
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+#: branch.list sends at most this many messages (the latest of the active branch).
+BRANCH_LIST_MESSAGES = 100
 
 
 class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
@@ -98,11 +101,23 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
     async def on_message_send(self, frame: frames.SendFrame) -> None:
         runtime.refuse_if_draining()
         conversation, question, answer, created = await dbpool.run(self._begin_turn)(frame)
+        await self._accept(conversation, question, answer, created, frame.client_message_id)
+
+    async def _accept(
+        self,
+        conversation: Conversation,
+        question: Message,
+        answer: Message,
+        created: bool,
+        client_message_id: str,
+        branch: dict[str, Any] | None = None,
+    ) -> None:
+        """A stored question (sent or edited): the acceptance first, then its answer."""
         await self._follow(conversation)
         self.follower.offsets.setdefault(answer.pk, 0)
         attached = [item.summary() for item in question.attachments.all()]
         created_frame = protocol.message_created(
-            conversation.pk, question.pk, frame.client_message_id, frame.text, attached
+            conversation.pk, question.pk, client_message_id, question.text, attached, branch
         )
         if created:
             # Other tabs and devices following the conversation see the question too.
@@ -115,13 +130,14 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
             await self.send(
                 protocol.message_accepted(
                     conversation.pk,
-                    client_message_id=frame.client_message_id,
+                    client_message_id=client_message_id,
                     message_id=question.pk,
                     assistant_message_id=answer.pk,
                     duplicate=not created,
-                    title=conversation.title or Conversation.title_from(frame.text),
+                    title=conversation.title or Conversation.title_from(question.text),
                     url=conversation.get_absolute_url(),
                     attachments=attached,
+                    branch=branch,
                 )
             )
             if created:
@@ -150,13 +166,13 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
 
     async def on_turn_regenerate(self, frame: frames.ConversationFrame) -> None:
         runtime.refuse_if_draining()
-        conversation, (replaced, answer) = await dbpool.run(self._restart)(
+        conversation, (replaced, answer, versions) = await dbpool.run(self._restart)(
             frame, Conversation.begin_regeneration
         )
         await self._follow(conversation)
         self.follower.holds(answer.pk, 0)
-        # Every follower (other tabs too) swaps the old answer for the new one.
-        replacing = protocol.turn_regenerating(conversation.pk, replaced, answer.pk)
+        # Every follower (other tabs too) swaps the old answer (kept as a version) for the new one.
+        replacing = protocol.turn_regenerating(conversation.pk, replaced, answer.pk, versions)
         await runtime.publish(conversation.pk, replacing)
         await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user))
 
@@ -171,13 +187,68 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user, continuation=True))
 
     def _restart(
-        self, frame: frames.ConversationFrame, begin: Callable[[Conversation], R]
+        self,
+        frame: frames.ConversationFrame | frames.EditFrame,
+        begin: Callable[[Conversation], R],
     ) -> tuple[Conversation, R]:
-        """Regenerate or continue: credentials, ownership, the rate limit, in one trip."""
+        """Regenerate, continue or edit: credentials, ownership, the rate limit, in one trip."""
         self.credentials.verify()
         conversation = Conversation.objects.owned(self.user, frame.conversation_id)
         limits.count_send(self.user.pk)
         return conversation, begin(conversation)
+
+    # --- edit and branch (docs/protocol.md) -----------------------------------------
+
+    async def on_message_edit(self, frame: frames.EditFrame) -> None:
+        """A new version of a user message, answered on its own branch."""
+        runtime.refuse_if_draining()
+        conversation, (question, answer, created, replaced, versions) = await dbpool.run(
+            self._restart
+        )(frame, lambda c: self._edit(c, frame))
+        branch = protocol.edit_branch(replaced, versions)
+        await self._accept(conversation, question, answer, created, frame.client_message_id, branch)
+
+    @staticmethod
+    def _edit(
+        conversation: Conversation, frame: frames.EditFrame
+    ) -> tuple[Message, Message, bool, int, list[int]]:
+        edited = conversation.begin_edit(frame.message_id, frame.text, frame.client_message_id)
+        prefetch_related_objects([edited[0]], "attachments")  # for the frames, off the loop
+        return edited
+
+    async def on_branch_switch(self, frame: frames.SwitchFrame) -> None:
+        """Another version: every follower re-renders from where the branches part."""
+        switched = await dbpool.run(self._switch)(frame)
+        if switched is not None:
+            # Owned (_switch checked): follow it, so that this client hears the switch too.
+            await self._follow_id(frame.conversation_id)
+            await runtime.publish(frame.conversation_id, switched)
+        else:  # already the active branch: only this client hears so
+            empty = protocol.branch_switched(frame.conversation_id, frame.message_id, None, [], "")
+            await self.send(empty)
+
+    def _switch(self, frame: frames.SwitchFrame) -> str | None:
+        self.credentials.verify()  # a revoked credential changes nothing
+        conversation = Conversation.objects.owned(self.user, frame.conversation_id)
+        replaced, messages = conversation.switch_branch(frame.message_id)
+        if not messages:
+            return None
+        return protocol.branch_switched(
+            conversation.pk,
+            frame.message_id,
+            replaced,
+            [protocol.branch_message(message) for message in messages],
+            rendering.thread_html(messages),
+        )
+
+    async def on_branch_list(self, frame: frames.ListFrame) -> None:
+        await self.send(await dbpool.run(self._branch)(frame))
+
+    def _branch(self, frame: frames.ListFrame) -> str:
+        conversation = Conversation.objects.owned(self.user, frame.conversation_id)
+        messages = conversation.active_tail(BRANCH_LIST_MESSAGES)
+        listed = [protocol.branch_message(message) for message in messages]
+        return protocol.branch_listed(conversation.pk, listed)
 
     async def on_turn_cancel(self, frame: frames.ConversationFrame) -> None:
         conversation = await self._owned(frame.conversation_id)
@@ -199,11 +270,14 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
     # --- following a conversation ---------------------------------------------
 
     async def _follow(self, conversation: Conversation) -> None:
+        await self._follow_id(conversation.pk)
+
+    async def _follow_id(self, conversation_id: uuid.UUID) -> None:
         # In-process first: this process's answers come straight from their turns.
-        if conversation.pk not in self.following:
-            delivery.follow(conversation.pk, self)
-            self.following.add(conversation.pk)
-        await self._join(protocol.group_name(conversation.pk))
+        if conversation_id not in self.following:
+            delivery.follow(conversation_id, self)
+            self.following.add(conversation_id)
+        await self._join(protocol.group_name(conversation_id))
 
     async def _join(self, group: str) -> None:
         if group not in self.groups_joined:

@@ -139,14 +139,41 @@ class SubscribeFrame(_Frame):
     offset: StrictInt = Field(default=0, ge=0)
 
 
+class EditFrame(_Frame):
+    """message.edit: a user message's new text, answered on a branch of its own."""
+
+    type: Literal["message.edit"]
+    conversation_id: uuid.UUID
+    message_id: StrictInt | None = None  # None: the active branch's last question
+    client_message_id: StrictStr = Field(min_length=1, max_length=64)
+    text: StrictStr = Field(pattern=r"\S")
+
+
+class SwitchFrame(_Frame):
+    """branch.switch: show (and send the model) the branch through this message."""
+
+    type: Literal["branch.switch"]
+    conversation_id: uuid.UUID
+    message_id: StrictInt
+
+
+class ListFrame(_Frame):
+    """branch.list: the active branch's messages, with their versions."""
+
+    type: Literal["branch.list"]
+    conversation_id: uuid.UUID
+
+
 class PingFrame(_Frame):
     type: Literal["ping"]
     id: Any = None
 
 
-ClientFrame = SendFrame | ConversationFrame | SubscribeFrame | PingFrame
+ClientFrame = (
+    SendFrame | ConversationFrame | SubscribeFrame | PingFrame | EditFrame | SwitchFrame | ListFrame
+)
 TYPES = {"message.send", "turn.cancel", "turn.regenerate", "turn.continue"}
-TYPES |= {"conversation.subscribe", "ping"}
+TYPES |= {"conversation.subscribe", "ping", "message.edit", "branch.switch", "branch.list"}
 _schema: TypeAdapter[ClientFrame] = TypeAdapter(Annotated[ClientFrame, Field(discriminator="type")])
 
 
@@ -170,7 +197,7 @@ def parse(text_data: str | None) -> ClientFrame:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"][1:]) or "frame"
         raise FrameError("bad_frame", f"{field}: {first['msg']}.") from None
-    if isinstance(frame, SendFrame) and len(frame.text) > settings.MAX_MESSAGE_CHARS:
+    if isinstance(frame, SendFrame | EditFrame) and len(frame.text) > settings.MAX_MESSAGE_CHARS:
         raise FrameError(
             "message_too_long", f"Messages are limited to {settings.MAX_MESSAGE_CHARS} characters."
         )

@@ -15,19 +15,19 @@ import secrets
 import uuid
 from collections.abc import Callable, Collection
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q
+from django.db.models import Q, Subquery
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
 from conversations import instances
-from conversations.protocol import ChatimgError
+from conversations.protocol import ChatimgError, text_of
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,13 @@ class NotFound(ChatimgError):
 
     def __init__(self) -> None:
         super().__init__("not_found", "No such conversation.")
+
+
+class MessageNotFound(ChatimgError):
+    """No such message in this conversation (the same for one of another conversation)."""
+
+    def __init__(self) -> None:
+        super().__init__("not_found", "No such message.")
 
 
 class ConversationQuerySet(models.QuerySet["Conversation"]):
@@ -168,9 +175,14 @@ class Conversation(models.Model):
         return title
 
     def history(self) -> list[Message]:
-        """The finished messages that make up the model's context, oldest first."""
+        """The finished messages that make up the model's context, oldest first.
+
+        The active branch only (docs/architecture.md, "Edit and branch"): the
+        versions an edit or a regenerate left behind are never sent.
+        """
         recent = (
-            self.messages.exclude(status=Message.Status.STREAMING)
+            self.messages.filter(active=True)
+            .exclude(status=Message.Status.STREAMING)
             .prefetch_related("tool_invocations__images__parents", "attachments")
             .order_by("-id")[: settings.HISTORY_MESSAGES]
         )
@@ -179,10 +191,11 @@ class Conversation(models.Model):
     def latest_answer(self, message_id: int | None = None) -> Message | None:
         """The answer a client catching up should get (images prefetched).
 
-        The client's `message_id` while it exists; once it was regenerated
-        (and so deleted) while the client was away, the latest answer.
+        The client's `message_id` while it is on the active branch; once it
+        was regenerated, edited away or switched from while the client was
+        away, the latest answer of the active branch.
         """
-        answers = self.messages.filter(role=Message.Role.ASSISTANT).prefetch_related(
+        answers = self.messages.filter(role=Message.Role.ASSISTANT, active=True).prefetch_related(
             "tool_invocations__images__parents"
         )
         latest = answers.order_by("-id").first()
@@ -240,28 +253,30 @@ class Conversation(models.Model):
             raise TurnInProgress from None
         return user_message, assistant, True
 
-    def begin_regeneration(self) -> tuple[int, Message]:
-        """Replace the latest answer with a new one to the same question.
+    def begin_regeneration(self) -> tuple[int, Message, list[int]]:
+        """Open a new answer to the question of the active branch's latest answer.
 
-        The old answer goes (with its images and their objects: they belonged
-        to the answer the user asked to replace). Refused while any answer streams.
+        The old answer is kept as a version (a sibling of the new one under
+        the same question, off the active branch, images and all).
+        Returns (replaced_id, answer, versions: the ids of every answer to
+        that question, oldest first). Refused while any answer streams.
         """
         with transaction.atomic():
-            last = self.messages.order_by("-id").first()
+            last = self.messages.filter(active=True).order_by("-id").first()
             if last is None or last.role != Message.Role.ASSISTANT or last.reply_to_id is None:
                 raise NothingToRegenerate
             if last.status == Message.Status.STREAMING:
                 raise TurnInProgress
             question, replaced = last.reply_to, last.pk
             assert question is not None  # reply_to_id was checked above
-            last.delete()
+            Message.objects.filter(pk=replaced).update(active=False)
             try:
                 with transaction.atomic():
                     answer = self._open_answer(question)
             except IntegrityError:
                 raise TurnInProgress from None
             Conversation.objects.filter(pk=self.pk).update(updated_at=timezone.now())
-        return replaced, answer
+        return replaced, answer, self.versions_of(question.pk)
 
     def begin_continuation(self) -> Message:
         """Reopen the latest answer, cut off by its length limit, to carry it on.
@@ -269,7 +284,7 @@ class Conversation(models.Model):
         Raises NothingToContinue unless the conversation ends with a truncated
         answer, TurnInProgress while any answer streams.
         """
-        last = self.messages.order_by("-id").first()
+        last = self.messages.filter(active=True).order_by("-id").first()
         if last is None or last.role != Message.Role.ASSISTANT or not last.truncated:
             raise NothingToContinue
         try:
@@ -306,12 +321,183 @@ class Conversation(models.Model):
         user_message = self.messages.filter(client_message_id=client_message_id).first()
         if user_message is None:
             return None
-        return user_message, user_message.replies.get()
+        # A regenerated question has several answers: the one on the active branch.
+        reply = user_message.replies.order_by("-active", "-id").first()
+        assert reply is not None  # a question and its answer are created together
+        return user_message, reply
+
+    # --- edit and branch (docs/architecture.md) ---------------------------------------
+    #
+    # Every message points at the one before it on its path (`parent`); the
+    # messages of the active branch carry `active`, so that branch (what the page
+    # shows and the model is sent) is one indexed filter. Ids grow along any
+    # path, so ordering by id orders a path. `chosen_at` remembers, among
+    # siblings, which one was on the active branch last: a switch follows it down.
+
+    def active_path(self) -> list[Message]:
+        """The active branch, oldest first, each message with its `versions` (sibling ids)."""
+        tree = self._tree()
+        messages = list(
+            self.messages.filter(active=True).prefetch_related(
+                "tool_invocations__images__parents", "attachments"
+            )
+        )
+        return _with_versions(messages, tree)
+
+    def active_tail(self, count: int) -> list[Message]:
+        """The last `count` messages of the active branch, oldest first, with `versions`."""
+        tail = list(reversed(self.messages.filter(active=True).order_by("-id")[:count]))
+        return _with_versions(tail, self._tree())
+
+    def versions_of(self, parent_id: int | None) -> list[int]:
+        """The ids of the messages that follow `parent_id` (None: the first ones), oldest first."""
+        return list(
+            self.messages.filter(parent_id=parent_id).order_by("id").values_list("id", flat=True)
+        )
+
+    def begin_edit(
+        self, message_id: int | None, text: str, client_message_id: str
+    ) -> tuple[Message, Message, bool, int, list[int]]:
+        """Branch from a user message: its edited text becomes a sibling, and is answered.
+
+        Returns (user_message, answer, created, replaced_id, versions). The
+        original and everything after it stay, off the active branch. A resend
+        (the same client_message_id) returns the first edit with created=False.
+        NotFound for a message that is not a user message of this conversation;
+        TurnInProgress while an answer streams (nothing changes). `message_id`
+        None: the last question of the active branch (the CLI's --edit-last).
+        """
+        questions = self.messages.filter(role=Message.Role.USER)
+        if message_id is None:
+            original = questions.filter(active=True).order_by("-id").first()
+        else:
+            original = questions.filter(pk=message_id).first()
+        if original is None:
+            raise MessageNotFound
+        existing = self._accepted(client_message_id)
+        if existing:
+            return (*existing, False, original.pk, self.versions_of(original.parent_id))
+        try:
+            with transaction.atomic():
+                self._lock()
+                tree = self._tree()
+                if any(node.status == Message.Status.STREAMING for node in tree.values()):
+                    raise TurnInProgress
+                # The new branch: the original's ancestors, then the new version.
+                # (The original is usually on the active branch, but a client may
+                # edit one it still shows after another tab switched away.)
+                ancestors, at = set(), original.parent_id
+                while at is not None:
+                    ancestors.add(at)
+                    at = tree[at].parent_id
+                active = {pk for pk, node in tree.items() if node.active}
+                self.messages.filter(id__in=active - ancestors).update(active=False)
+                self.messages.filter(id__in=ancestors - active).update(active=True)
+                user_message = Message(
+                    conversation=self,
+                    role=Message.Role.USER,
+                    status=Message.Status.COMPLETE,
+                    text=text,
+                    client_message_id=client_message_id,
+                    parent_id=original.parent_id,
+                )
+                user_message.root = original.parent_id is None
+                user_message.save(force_insert=True)
+                answer = self._open_answer(user_message)
+                Conversation.objects.filter(pk=self.pk).update(updated_at=timezone.now())
+        except IntegrityError:
+            existing = self._accepted(client_message_id)
+            if existing:
+                return (*existing, False, original.pk, self.versions_of(original.parent_id))
+            raise TurnInProgress from None
+        return user_message, answer, True, original.pk, self.versions_of(original.parent_id)
+
+    def switch_branch(self, message_id: int) -> tuple[int | None, list[Message]]:
+        """Make the branch through `message_id` the active one.
+
+        Down from it, each step takes the child that was chosen last. Returns
+        (replaced_id, messages): the message that was active where the branches
+        part and the new branch from there to its leaf, with `versions`; no
+        messages if nothing changed. NotFound for a message not in this conversation;
+        TurnInProgress while an answer streams.
+        """
+        with transaction.atomic():
+            self._lock()
+            tree = self._tree()
+            if message_id not in tree:
+                raise MessageNotFound
+            if any(node.status == Message.Status.STREAMING for node in tree.values()):
+                raise TurnInProgress
+            up = [message_id]
+            while (parent := tree[up[-1]].parent_id) is not None:
+                up.append(parent)
+            path = [*reversed(up), *_latest_descent(tree, message_id)]
+            fork = next((i for i, pk in enumerate(path) if not tree[pk].active), None)
+            if fork is None:
+                return None, []
+            parent_id = tree[path[fork]].parent_id
+            replaced = next(
+                (n.id for n in tree.values() if n.active and n.parent_id == parent_id), None
+            )
+            if replaced is None and fork > 0:
+                # Nothing was shown at the fork (a message deleted in the admin):
+                # re-render from its parent down.
+                fork -= 1
+                replaced = path[fork]
+            old = {pk for pk, node in tree.items() if node.active}
+            self.messages.filter(id__in=old - set(path)).update(active=False)
+            self.messages.filter(id__in=set(path) - old).update(active=True)
+            self.messages.filter(id__in=up).update(chosen_at=timezone.now())
+            messages = list(
+                self.messages.filter(id__in=path[fork:]).prefetch_related(
+                    "tool_invocations__images__parents", "attachments"
+                )
+            )
+        return replaced, _with_versions(messages, tree)
+
+    def _tree(self) -> dict[int, _Node]:
+        """Every message's place in the conversation (no text): one query."""
+        rows = self.messages.values_list("id", "parent_id", "chosen_at", "active", "status")
+        return {row[0]: _Node(*row) for row in rows}
+
+    def _lock(self) -> None:
+        # Edits and switches of one conversation, one at a time (PostgreSQL;
+        # SQLite serialises writers anyway).
+        list(Conversation.objects.select_for_update().filter(pk=self.pk).values_list("pk"))
 
     @staticmethod
     def title_from(text: str) -> str:
         words = " ".join(text.split())
         return words if len(words) <= 60 else words[:57].rstrip() + "…"
+
+
+class _Node(NamedTuple):
+    id: int
+    parent_id: int | None
+    chosen_at: Any
+    active: bool
+    status: str
+
+
+def _latest_descent(tree: dict[int, _Node], start: int) -> list[int]:
+    """From `start` down, the child chosen last at each step (the newest on a tie)."""
+    children: dict[int | None, list[_Node]] = {}
+    for node in tree.values():
+        children.setdefault(node.parent_id, []).append(node)
+    path, at = [], start
+    while children.get(at):
+        at = max(children[at], key=lambda n: (n.chosen_at, n.id)).id
+        path.append(at)
+    return path
+
+
+def _with_versions(messages: list[Message], tree: dict[int, _Node]) -> list[Message]:
+    siblings: dict[int | None, list[int]] = {}
+    for node in sorted(tree.values(), key=lambda n: n.id):
+        siblings.setdefault(node.parent_id, []).append(node.id)
+    for message in messages:
+        message.versions = siblings.get(message.parent_id, [message.pk])
+    return messages
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
@@ -424,6 +610,17 @@ class Message(models.Model):
     reply_to = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="replies"
     )
+    # The message before this one on its path (None: a first message). Siblings
+    # (the same parent) are versions: edits of a question, regenerated answers.
+    # SET_NULL, not CASCADE: deleting one message (the admin) must not take the
+    # rest of its conversation with it; deleting a conversation removes all.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    # On the conversation's active branch: what the page shows and the model is sent.
+    active = models.BooleanField(default=True)
+    # When it last became the active one among its siblings (a switch follows it).
+    chosen_at = models.DateTimeField(default=timezone.now)
     model = models.CharField(max_length=100, blank=True)
     usage = models.JSONField(default=dict, blank=True)
     error_code = models.CharField(max_length=50, blank=True)
@@ -461,6 +658,10 @@ class Message(models.Model):
                 condition=Q(status="streaming"),
                 name="message_streaming_heartbeat",
             ),
+            # The active branch (history, catch-up, the page): one range scan.
+            models.Index(
+                fields=["conversation", "id"], condition=Q(active=True), name="message_active_path"
+            ),
             # A resend of a conversation's first message has no conversation id yet.
             models.Index(
                 fields=["client_message_id"],
@@ -469,9 +670,49 @@ class Message(models.Model):
             ),
         ]
 
+    #: Set by Conversation.active_path / switch_branch: the ids of this message's
+    #: siblings (itself included), oldest first. Not a field.
+    versions: list[int]
+    #: A new message meant to start its conversation's path (an edit of the first one).
+    root = False
+
     def __str__(self) -> str:
         preview = self.text[:40] + ("…" if len(self.text) > 40 else "")
         return f"{self.role} #{self.pk}: {preview}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """A new message without a parent follows its question, or the active branch's end.
+
+        The end is looked up inside the INSERT (a subquery): no extra round
+        trip on the turn start, and callers (tests, fixtures) need not know.
+        """
+        looked_up = False
+        if self._state.adding and self.parent_id is None and not self.root:
+            if self.reply_to_id is not None:
+                self.parent_id = self.reply_to_id
+            else:
+                leaf = Message.objects.filter(conversation_id=self.conversation_id, active=True)
+                self.parent_id = Subquery(leaf.order_by("-id").values("id")[:1])
+                looked_up = True
+        super().save(*args, **kwargs)
+        if looked_up:
+            # The expression is not a value: read the parent from the row if asked.
+            del self.__dict__["parent_id"]
+
+    @property
+    def version_index(self) -> int:
+        """This message's place among its versions, from 1 (the page's "2 / 3")."""
+        versions = getattr(self, "versions", [self.pk])
+        return versions.index(self.pk) + 1 if self.pk in versions else 1
+
+    @property
+    def has_versions(self) -> bool:
+        return len(getattr(self, "versions", ())) > 1
+
+    @property
+    def error_text(self) -> str:
+        """The plain sentence for this answer's error code (the page shows it)."""
+        return text_of(self.error_code)
 
     @property
     def is_final(self) -> bool:

@@ -297,7 +297,9 @@ def message_created(
     client_message_id: str,
     text: str,
     attachments: list[dict[str, Any]] | None = None,
+    branch: dict[str, Any] | None = None,
 ) -> str:
+    """A user message was stored; `branch` (an edit's) is {replaces_message_id, versions}."""
     return encode(
         "message.created",
         conversation_id=str(conversation_id),
@@ -305,6 +307,30 @@ def message_created(
         client_message_id=client_message_id,
         text=text,
         attachments=attachments or [],
+        **(branch or {}),
+    )
+
+
+def edit_branch(replaces: int, versions: list[int]) -> dict[str, Any]:
+    """The fields an edit adds to message.created and message.accepted."""
+    return {"replaces_message_id": replaces, "versions": versions}
+
+
+def branch_switched(
+    conversation_id: uuid.UUID,
+    message_id: int,
+    replaces: int | None,
+    messages: list[dict[str, Any]],
+    html: str,
+) -> str:
+    """The active branch changed at `replaces`: from there to its end, as data and HTML."""
+    return encode(
+        "branch.switched",
+        conversation_id=str(conversation_id),
+        message_id=message_id,
+        replaces_message_id=replaces,
+        messages=messages,
+        html=html,
     )
 
 
@@ -318,6 +344,7 @@ def message_accepted(
     title: str,
     url: str,
     attachments: list[dict[str, Any]] | None = None,
+    branch: dict[str, Any] | None = None,
 ) -> str:
     return encode(
         "message.accepted",
@@ -328,6 +355,7 @@ def message_accepted(
         duplicate=duplicate,
         conversation={"id": str(conversation_id), "title": title, "url": url},
         attachments=attachments or [],
+        **(branch or {}),
     )
 
 
@@ -347,13 +375,31 @@ def conversation_updated(conversation_id: uuid.UUID, title: str) -> str:
     return encode("conversation.updated", conversation_id=str(conversation_id), title=title)
 
 
-def turn_regenerating(conversation_id: uuid.UUID, replaces: int, answer: int) -> str:
+def turn_regenerating(
+    conversation_id: uuid.UUID, replaces: int, answer: int, versions: list[int]
+) -> str:
     return encode(
         "turn.regenerating",
         conversation_id=str(conversation_id),
         replaces_message_id=replaces,
         assistant_message_id=answer,
+        versions=versions,
     )
+
+
+def branch_listed(conversation_id: uuid.UUID, messages: list[dict[str, Any]]) -> str:
+    return encode("branch.listed", conversation_id=str(conversation_id), messages=messages)
+
+
+def branch_message(message: Any) -> dict[str, Any]:
+    """A message of a switched-to branch (a Message with `versions`), for programs."""
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "status": message.status,
+        "text": message.text,
+        "versions": message.versions,
+    }
 
 
 def error(code: str, message: str, ref: str | None = None) -> str:

@@ -200,3 +200,11 @@ def message_html(message: Message, invocations: list[ToolInvocation] | None = No
         for text, invocation in message.segments(invocations)
     ]
     return render_to_string("conversations/_assistant_body.html", {"parts": parts})
+
+
+def thread_html(messages: list[Message]) -> str:
+    """Messages as the chat page renders them (the page's own templates): a branch switch."""
+    return "".join(
+        render_to_string("conversations/_message.html", {"message": message})
+        for message in messages
+    )

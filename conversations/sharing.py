@@ -85,7 +85,8 @@ def shared(request: HttpRequest, token: str) -> HttpResponse:
         return _no_leaks(render(request, "404.html", status=404))
     conversation = share.conversation
     messages = (
-        conversation.messages.exclude(status=Message.Status.STREAMING)
+        conversation.messages.filter(active=True)
+        .exclude(status=Message.Status.STREAMING)
         .only("id", "role", "text", "created_at", "conversation_id")
         .prefetch_related(
             Prefetch(

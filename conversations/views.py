@@ -14,7 +14,6 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
-from django.db.models import Prefetch
 from django.http import (
     FileResponse,
     Http404,
@@ -79,18 +78,8 @@ def chat(
             # Missing or someone else's: the app's own page, in development too
             # (Http404 would show Django's debug page there, with the URL list).
             return render(request, "404.html", status=404)
-        messages = list(
-            conversation.messages.prefetch_related(
-                Prefetch(
-                    "tool_invocations__images",
-                    queryset=GeneratedImage.objects.prefetch_related("parents"),
-                ),
-                "attachments",
-            )
-        )
-        for message in messages:
-            # For the template only (not a field): ignore until Message says it itself.
-            message.error_text = ERROR_TEXTS.get(message.error_code, ERROR_TEXTS[""])  # type: ignore[attr-defined]
+        # The active branch only; each message knows its versions (for "2 / 3").
+        messages = conversation.active_path()
     return render(
         request,
         "conversations/chat.html",

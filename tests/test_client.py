@@ -530,3 +530,80 @@ async def test_make_it_stormy_edits_the_drawn_image_and_every_image_of_a_call_is
     saved = sorted((tmp_path / "foxes").iterdir())
     assert len(saved) == 3 and len({path.read_bytes() for path in saved}) == 3
     assert err.getvalue().count("[image saved:") == 3
+
+
+async def test_it_edits_the_last_message_lists_the_versions_and_switches_back(
+    app: AppServer, tokens: dict[str, str], model: OfflineModelServer, tmp_path: Path
+) -> None:
+    from chatimg_client.branches import run_branch
+
+    model.script_chat(Reply(text="Pelicans fish."), Reply(text="Herons wade."))
+    out, err = io.StringIO(), io.StringIO()
+    code = await run(
+        "tell me about pelicans", url=app.url, token=tokens["laptop"], out=out, err=err
+    )
+    assert code == EXIT_OK, err.getvalue()
+    conversation = conversation_of(err.getvalue())
+
+    # --edit-last: a new version of the last message, answered on its own branch.
+    result = await asyncio.to_thread(
+        client_command,
+        *("--url", app.url, "--token", tokens["laptop"], "--conversation", conversation),
+        *("--edit-last", "tell me about herons"),
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout == "Herons wade.\n"
+    sent = model.chat_requests()[-1].body["messages"]
+    assert [m["content"] for m in sent if m["role"] != "system"] == ["tell me about herons"]
+
+    # --versions: the active branch, and the versions of the edited message.
+    result = await asyncio.to_thread(
+        client_command,
+        *("--url", app.url, "--token", tokens["laptop"], "--conversation", conversation),
+        "--versions",
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    question, answer = result.stdout.splitlines()
+    match = re.match(r"#(\d+) user +2/2 \(versions (\d+) (\d+)\)  tell me about herons$", question)
+    assert match, result.stdout
+    assert answer.endswith("Herons wade.") and "assistant" in answer
+    original = int(match.group(2))
+
+    # --switch: back to the first version, which the model then sees.
+    out, err = io.StringIO(), io.StringIO()
+    code = await run_branch(
+        url=app.url,
+        token=tokens["laptop"],
+        conversation_id=conversation,
+        switch_to=original,
+        out=out,
+        err=err,
+    )
+    assert code == EXIT_OK, err.getvalue()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(f"#{original} user") and "1/2" in lines[0]
+    assert lines[1].endswith("Pelicans fish.")
+    model.script_chat(Reply(text="Yes."))
+    code = await run(
+        "do they dive?",
+        url=app.url,
+        token=tokens["laptop"],
+        conversation_id=conversation,
+        out=io.StringIO(),
+        err=io.StringIO(),
+    )
+    assert code == EXIT_OK
+    sent = model.chat_requests()[-1].body["messages"]
+    assert [m["content"] for m in sent if m["role"] != "system"] == [
+        "tell me about pelicans",
+        "Pelicans fish.",
+        "do they dive?",
+    ]
+
+    # Someone else's message id: refused as not found, exit code 4.
+    result = await asyncio.to_thread(
+        client_command,
+        *("--url", app.url, "--token", tokens["laptop"], "--conversation", conversation),
+        *("--switch", "999999"),
+    )
+    assert result.returncode == 4 and "not_found" in result.stderr

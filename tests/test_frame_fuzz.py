@@ -44,6 +44,8 @@ SERVER_TYPES = {
     "conversation.state",
     "conversation.updated",
     "turn.regenerating",
+    "branch.switched",
+    "branch.listed",
 }
 ERROR_CODES = {
     "bad_frame",
@@ -65,6 +67,9 @@ CLIENT_TYPES = {
     "turn.regenerate",
     "conversation.subscribe",
     "ping",
+    "message.edit",
+    "branch.switch",
+    "branch.list",
 }
 
 
@@ -87,6 +92,15 @@ def seeds(conversation_id: str) -> list[dict[str, Any]]:
         {"type": "turn.cancel", "conversation_id": conversation_id},
         {"type": "turn.regenerate", "conversation_id": conversation_id},
         {"type": "ping", "id": "p"},
+        {
+            "type": "message.edit",
+            "conversation_id": conversation_id,
+            "message_id": 1,
+            "client_message_id": "k3",
+            "text": "edited",
+        },
+        {"type": "branch.switch", "conversation_id": conversation_id, "message_id": 1},
+        {"type": "branch.list", "conversation_id": conversation_id},
     ]
 
 

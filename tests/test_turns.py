@@ -391,7 +391,7 @@ async def test_an_api_token_authenticates_a_program_and_a_revoked_one_is_refused
     assert raw not in str(await ApiToken.objects.values_list("digest", "hint").aget())
 
 
-async def test_regenerate_replaces_the_last_answer_and_its_images(
+async def test_regenerate_replaces_the_last_answer_and_keeps_it_as_a_version(
     make_user: Any, connect: Any, fake_openai: Any, local_storage: Any
 ) -> None:
     from conversations.models import GeneratedImage
@@ -417,9 +417,11 @@ async def test_regenerate_replaces_the_last_answer_and_its_images(
     assert seen_elsewhere[0]["type"] == "turn.regenerating"
     assert text_of(seen_elsewhere, new_answer) == "A different answer."
 
-    assert not await Message.objects.filter(pk=old_answer).aexists()
-    assert not await GeneratedImage.objects.filter(pk=old_image.pk).aexists()
-    assert not (local_storage / old_image.file.name).exists()
+    assert regenerating["versions"] == [old_answer, new_answer]
+    # The old answer stays, off the active branch, with its image (tests/test_branches.py).
+    assert not (await Message.objects.aget(pk=old_answer)).active
+    assert await GeneratedImage.objects.filter(pk=old_image.pk).aexists()
+    assert (local_storage / old_image.file.name).exists()
     # The model was asked the same question again, without the replaced answer.
     asked = fake_openai.chat_requests()[-1].body["messages"]
     assert asked[-1] == {"role": "user", "content": "draw a lighthouse at dusk"}

@@ -3,6 +3,7 @@
 // conversation list (sidebar.js); each of those owns its part of the page.
 
 import * as attachments from "./attachments.js";
+import * as branches from "./branches.js";
 import * as composer from "./composer.js";
 import { confirmCopied, copyText, newId } from "./dom.js";
 import { openLightbox } from "./lightbox.js";
@@ -49,6 +50,7 @@ function refreshControls() {
     const canRedo = button.dataset.action === "retry" || finished;
     button.hidden = busy || article !== last || !canRedo;
   }
+  branches.refresh(busy); // versions and Edit: not while an answer streams
 }
 
 function showError(code, detail = "") {
@@ -137,8 +139,10 @@ const handlers = {
     if (last) subscribe(last.dataset.messageId, Number(last.dataset.textLength || 0));
     else subscribe();
     for (const frame of unacked.values()) connection.send(frame);
+    branches.resend();
   },
   "message.accepted": (frame) => {
+    branches.applyEdit(frame); // an edit: the thread from the edited message gives way
     unacked.delete(frame.client_message_id);
     attachedTo.delete(frame.client_message_id);
     const mine = threadEl.querySelector(
@@ -160,6 +164,7 @@ const handlers = {
     refreshControls();
   },
   "message.created": (frame) => {
+    if (branches.applyEdit(frame)) return;
     // Another tab or device asked: show its question (our own is already there).
     const known = threadEl.querySelector(
       `article.msg-user[data-message-id="${frame.message_id}"],` +
@@ -220,10 +225,14 @@ const handlers = {
   "conversation.updated": (frame) => sidebar.applyTitle(frame.conversation_id, frame.title),
   "turn.regenerating": (frame) => {
     regenerating = false;
-    thread.replaceAnswer(frame.replaces_message_id, frame.assistant_message_id);
+    // The old answer is kept as a version: the new one shows "n / n".
+    const fresh = thread.replaceAnswer(frame.replaces_message_id, frame.assistant_message_id);
+    branches.setVersions(fresh, frame.versions);
     refreshControls();
   },
+  "branch.switched": (frame) => branches.applySwitch(frame),
   error: (frame) => {
+    branches.refused(frame.ref); // a refused edit: its editor stays open, text kept
     if (frame.code === "unauthenticated") {
       toLogin();
       return;
@@ -351,6 +360,11 @@ threadEl.addEventListener("click", async (event) => {
 
 sidebar.init({ conversationId, reportError: showError });
 attachments.init({ reportError: showError, quota: setImagesLeft });
+branches.init({
+  send: (frame) => connection.send(frame),
+  conversationId: () => conversationId,
+  refresh: refreshControls,
+});
 composer.init({
   conversationId,
   onSend: send,

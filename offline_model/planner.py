@@ -169,10 +169,18 @@ def requested_count(text: str) -> int:
     return _COUNT_WORDS[match.group(1).lower()] if match else 1
 
 
+# How the app names a picture the user attached, in the user's message.
+_ATTACHMENT_RE = re.compile(r"\[image attachment ([0-9a-f-]{36})\]")
+
+
 def earlier_image_ids(messages: list[Any]) -> list[str]:
-    """Every image id the app's tool results reported in this conversation, oldest first."""
+    """Every image of this conversation, oldest first: those the app's tool results
+    reported, and the pictures the user attached (named in their messages)."""
     ids: list[str] = []
     for message in messages:
+        if isinstance(message, dict) and message.get("role") == "user":
+            found_here = _ATTACHMENT_RE.findall(_text_of(message.get("content")))
+            ids.extend(value for value in found_here if value not in ids)
         if not isinstance(message, dict) or message.get("role") != "tool":
             continue
         try:
@@ -223,7 +231,8 @@ def plan_chat(body: dict[str, Any]) -> Reply:
         sources = [named[0] if named else earlier[-1]]
         if re.search(r"\bfirst\b", user_text, re.IGNORECASE) and earlier[0] != earlier[-1]:
             sources.append(earlier[0])
-        change = _shorten(_EDIT_PREFIX_RE.sub("", user_text).rstrip(" .!?"), 300) or "edit it"
+        said = _ATTACHMENT_RE.sub("", _EDIT_PREFIX_RE.sub("", user_text)).strip()
+        change = _shorten(said.rstrip(" .!?"), 300) or "edit it"
         return Reply(
             text=f"Sure, let me change it: {change[0].lower() + change[1:]}.",
             tool_calls=[ToolCall("edit_image", {"image_ids": sources, "prompt": change})],

@@ -24,6 +24,7 @@ from conversations.models import (
     ApiToken,
     Attachment,
     Conversation,
+    GeneratedImage,
     ImageQuota,
     Message,
     PendingDeletion,
@@ -285,6 +286,32 @@ async def test_a_message_carries_its_attachments_and_the_model_hears_of_them(
         "role": "user",
         "content": f"what is this?\n\n[image attachment {item.id}]",
     }
+
+
+async def test_an_attached_photo_can_be_edited_the_provider_gets_its_stored_bytes(
+    make_user: Any, connect: Any, fake_openai: Any
+) -> None:
+    """ "Attach a photo and ask for a variation", with the built-in model unscripted."""
+    alice = await database_sync_to_async(make_user)("alice")
+    item = await database_sync_to_async(upload_for)(alice, png(64, 64, (20, 120, 200)))
+    socket = await connect(alice)
+
+    await socket.send(
+        "message.send",
+        client_message_id="e1",
+        text="make a variation of this",
+        attachments=[str(item.id)],
+    )
+    frames = await socket.receive_until("assistant.completed")
+
+    completed = next(f for f in frames if f["type"] == "tool.completed")
+    (request,) = fake_openai.edit_requests()
+    stored = await database_sync_to_async(attachments.read)(item)
+    assert request.files[0][3] == stored  # the cleaned upload, read from storage
+    image = await GeneratedImage.objects.aget(pk=completed["image"]["id"])
+    await item.arefresh_from_db()
+    assert image.user_id == alice.pk and image.conversation_id == item.conversation_id
+    assert "make a variation of this" in image.prompt
 
 
 async def test_with_vision_the_model_gets_the_picture_as_an_image_part(

@@ -584,7 +584,9 @@ async def _images_call(
         response_format = "b64_json" if settings.IMAGE_MODEL.startswith("dall-e") else "none"
     if response_format != "none":
         kwargs["response_format"] = response_format
-    if partial_images and on_preview is not None:
+    # Partial images stream as base64 only: a provider set up to answer with
+    # URLs (CHATIMG_IMAGE_RESPONSE_FORMAT=url) is asked plainly.
+    if partial_images and on_preview is not None and response_format != "url":
         kwargs["stream"] = True
         kwargs["partial_images"] = partial_images
     images = client(images=True).images

@@ -41,6 +41,7 @@ SERVER_TYPES = {
     "tool.started",
     "tool.completed",
     "tool.failed",
+    "tool.preview",
     "conversation.state",
     "conversation.updated",
     "turn.regenerating",
@@ -60,6 +61,8 @@ ERROR_CODES = {
     "rate_limited",
     "turn_in_progress",
     "nothing_to_regenerate",
+    "attachment_not_found",
+    "too_many_attachments",
 }
 CLIENT_TYPES = {
     "message.send",

@@ -98,7 +98,14 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
     async def on_message_send(self, frame: frames.SendFrame) -> None:
         runtime.refuse_if_draining()
         conversation, question, answer, created = await dbpool.run(self._begin_turn)(frame)
-        await self._follow(conversation)
+        try:
+            await self._follow(conversation)
+        except Exception as exc:
+            if not created:
+                raise
+            # Redis away (the group join): the answer exists now, so its turn must
+            # run, or it stays "streaming" for ever; this socket follows in-process.
+            log.warning("conversation %s: joining its group failed: %s", conversation.pk, exc)
         self.follower.offsets.setdefault(answer.pk, 0)
         attached = [item.summary() for item in question.attachments.all()]
         created_frame = protocol.message_created(

@@ -123,20 +123,7 @@ REDIS_PREFIX = env_str("CHATIMG_REDIS_PREFIX", env_str("CHATIMG_CHANNEL_PREFIX",
 if REDIS_URL:
     if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ImproperlyConfigured(f"REDIS_URL must be a redis:// URL, got {REDIS_URL!r}")
-    from redis.asyncio.retry import Retry as AsyncRetry
-    from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
-
-    # channels-redis and Django's cache build bare connection pools, whose
-    # connections retry nothing (redis-py's client default of 3 retries is not
-    # theirs): after a Redis restart the first command on each pooled
-    # connection failed ("Connection closed by server"). These reconnect and
-    # retry a few times, briefly, before the error reaches a caller.
-    def redis_retry() -> Retry:
-        return Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
-
-    def redis_async_retry() -> AsyncRetry:
-        return AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 3)
+    from chatimg import reconnect  # redis-py is only needed with Redis
 
     CHANNEL_LAYERS = {
         "default": {
@@ -149,7 +136,7 @@ if REDIS_URL:
             "CONFIG": {
                 # No read timeout: redis-py's default (5 s) kills idle receives.
                 "hosts": [
-                    {"address": REDIS_URL, "socket_timeout": None, "retry": redis_async_retry()}
+                    {"address": REDIS_URL, "socket_timeout": None, "retry": reconnect.async_retry()}
                 ],
                 "prefix": REDIS_PREFIX,
             },
@@ -160,7 +147,6 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": REDIS_PREFIX,
-            "OPTIONS": {"retry": redis_retry()},
         }
     }
 else:

@@ -98,14 +98,10 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
     async def on_message_send(self, frame: frames.SendFrame) -> None:
         runtime.refuse_if_draining()
         conversation, question, answer, created = await dbpool.run(self._begin_turn)(frame)
-        try:
+        if created:
+            await self._follow_own_turn(conversation)
+        else:
             await self._follow(conversation)
-        except Exception as exc:
-            if not created:
-                raise
-            # Redis away (the group join): the answer exists now, so its turn must
-            # run, or it stays "streaming" for ever; this socket follows in-process.
-            log.warning("conversation %s: joining its group failed: %s", conversation.pk, exc)
         self.follower.offsets.setdefault(answer.pk, 0)
         attached = [item.summary() for item in question.attachments.all()]
         created_frame = protocol.message_created(
@@ -160,7 +156,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         conversation, (replaced, answer) = await dbpool.run(self._restart)(
             frame, Conversation.begin_regeneration
         )
-        await self._follow(conversation)
+        await self._follow_own_turn(conversation)
         self.follower.holds(answer.pk, 0)
         # Every follower (other tabs too) swaps the old answer for the new one.
         replacing = protocol.turn_regenerating(conversation.pk, replaced, answer.pk)
@@ -173,7 +169,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         conversation, answer = await dbpool.run(self._restart)(
             frame, Conversation.begin_continuation
         )
-        await self._follow(conversation)
+        await self._follow_own_turn(conversation)
         self.follower.holds(answer.pk, len(answer.text))
         await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user, continuation=True))
 
@@ -211,6 +207,19 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
             delivery.follow(conversation.pk, self)
             self.following.add(conversation.pk)
         await self._join(protocol.group_name(conversation.pk))
+
+    async def _follow_own_turn(self, conversation: Conversation) -> None:
+        """Follow the conversation of a turn this socket has just created the answer of.
+
+        The answer exists now, so its turn must launch whatever happens here, or it
+        stays "streaming" for ever with a living owner. The group join needs Redis:
+        if it fails, this socket still follows in-process (its own turn's frames
+        come that way); the join is tried again on the next follow.
+        """
+        try:
+            await self._follow(conversation)
+        except Exception as exc:
+            log.warning("conversation %s: joining its group failed: %s", conversation.pk, exc)
 
     async def _join(self, group: str) -> None:
         if group not in self.groups_joined:

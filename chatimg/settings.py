@@ -126,6 +126,8 @@ REDIS_PREFIX = env_str("CHATIMG_REDIS_PREFIX", env_str("CHATIMG_CHANNEL_PREFIX",
 if REDIS_URL:
     if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ImproperlyConfigured(f"REDIS_URL must be a redis:// URL, got {REDIS_URL!r}")
+    from chatimg import reconnect  # redis-py is only needed with Redis
+
     CHANNEL_LAYERS = {
         "default": {
             # The pub/sub layer: a group_send is one PUBLISH that each process
@@ -136,7 +138,9 @@ if REDIS_URL:
             "BACKEND": "chatimg.layers.RedisPubSubChannelLayer",
             "CONFIG": {
                 # No read timeout: redis-py's default (5 s) kills idle receives.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "hosts": [
+                    {"address": REDIS_URL, "socket_timeout": None, "retry": reconnect.async_retry()}
+                ],
                 "prefix": REDIS_PREFIX,
             },
         }

@@ -113,7 +113,10 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         branch: dict[str, Any] | None = None,
     ) -> None:
         """A stored question (sent or edited): the acceptance first, then its answer."""
-        await self._follow(conversation)
+        if created:
+            await self._follow_own_turn(conversation)
+        else:
+            await self._follow(conversation)
         self.follower.offsets.setdefault(answer.pk, 0)
         attached = [item.summary() for item in question.attachments.all()]
         created_frame = protocol.message_created(
@@ -169,7 +172,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         conversation, (replaced, answer, versions) = await dbpool.run(self._restart)(
             frame, Conversation.begin_regeneration
         )
-        await self._follow(conversation)
+        await self._follow_own_turn(conversation)
         self.follower.holds(answer.pk, 0)
         # Every follower (other tabs too) swaps the old answer (kept as a version) for the new one.
         replacing = protocol.turn_regenerating(conversation.pk, replaced, answer.pk, versions)
@@ -182,7 +185,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         conversation, answer = await dbpool.run(self._restart)(
             frame, Conversation.begin_continuation
         )
-        await self._follow(conversation)
+        await self._follow_own_turn(conversation)
         self.follower.holds(answer.pk, len(answer.text))
         await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user, continuation=True))
 
@@ -278,6 +281,19 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
             delivery.follow(conversation_id, self)
             self.following.add(conversation_id)
         await self._join(protocol.group_name(conversation_id))
+
+    async def _follow_own_turn(self, conversation: Conversation) -> None:
+        """Follow the conversation of a turn this socket has just created the answer of.
+
+        The answer exists now, so its turn must launch whatever happens here, or it
+        stays "streaming" for ever with a living owner. The group join needs Redis:
+        if it fails, this socket still follows in-process (its own turn's frames
+        come that way); the join is tried again on the next follow.
+        """
+        try:
+            await self._follow(conversation)
+        except Exception as exc:
+            log.warning("conversation %s: joining its group failed: %s", conversation.pk, exc)
 
     async def _join(self, group: str) -> None:
         if group not in self.groups_joined:

@@ -120,9 +120,19 @@ async def publish(
 ) -> None:
     """A conversation event for every follower: in-process here, the group for the others."""
     await to_local(conversation_id, event, skip)
-    await get_channel_layer().group_send(
-        protocol.group_name(conversation_id), {**event, "origin": instances.INSTANCE}
-    )
+    try:
+        await get_channel_layer().group_send(
+            protocol.group_name(conversation_id), {**event, "origin": instances.INSTANCE}
+        )
+    except Exception as exc:
+        # Redis away. Raising would undo nothing (this process's followers have
+        # it) and would stop the caller mid-way: a send whose turn was never
+        # launched left its answer "streaming" with a living owner, for ever.
+        # The other processes' followers get it by catching up, and an answer's
+        # end from the database (their remote reader looks).
+        log.warning(
+            "conversation %s: publishing to other processes failed: %s", conversation_id, exc
+        )
 
 
 async def announce(conversation_id: uuid.UUID, message_id: int) -> None:

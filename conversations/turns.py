@@ -416,6 +416,8 @@ class Turn:
             error_code=code,
             error_message=error,
             truncated=truncated,
+            # Without tool calls the HTML is known now: stored by the same UPDATE.
+            invocations=None if self.tool_calls else [],
         )
         if not self.tool_calls:
             return message.body_html(invocations=[])

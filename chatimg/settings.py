@@ -152,6 +152,11 @@ if REDIS_URL:
             "KEY_PREFIX": REDIS_PREFIX,
         }
     }
+    # Sessions read from Redis, written to both (the database stays the record):
+    # one query fewer for every page and socket (issue 12). Logout, expiry and
+    # password changes behave as with "db"; see docs/security.md. Not without
+    # Redis: the in-process cache would not see another process's logout.
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 else:
     CHANNEL_LAYERS = {
         "default": {

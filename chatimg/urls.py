@@ -10,6 +10,11 @@ urlpatterns = [
     path("", views.chat, name="chat"),
     path("c/", views.conversation_list, name="conversation_list"),
     path("c/<uuid:conversation_id>/", views.chat, name="conversation"),
+    path(
+        "c/<uuid:conversation_id>/messages/",
+        views.conversation_messages,
+        name="conversation_messages",
+    ),
     path("c/<uuid:conversation_id>/rename/", views.rename_conversation, name="rename_conversation"),
     path("c/<uuid:conversation_id>/delete/", views.delete_conversation, name="delete_conversation"),
     path("images/", image_views.gallery, name="gallery"),

@@ -93,14 +93,28 @@ class Credentials:
         return True  # the whole account
 
     def verify(self) -> None:
-        """Raise AccessEnded unless the credentials still hold (ORM; two queries)."""
+        """Raise AccessEnded unless the credentials still hold (ORM; one query for a
+        token, two for a session: its user, and the session unless it is cached)."""
+        if self.token_id is not None:
+            # One query for a token: the token and its user's state together.
+            state = (
+                ApiToken.objects.filter(pk=self.token_id, user_id=self.user_id)
+                .values_list("revoked_at", "user__is_active")
+                .first()
+            )
+            if state is None:
+                # The token is gone: with its account (a cascade), or by itself.
+                gone = not get_user_model().objects.filter(pk=self.user_id, is_active=True).exists()
+                raise AccessEnded(ACCOUNT_ENDED if gone else TOKEN_REVOKED)
+            revoked_at, active = state
+            if not active:
+                raise AccessEnded(ACCOUNT_ENDED)
+            if revoked_at is not None:
+                raise AccessEnded(TOKEN_REVOKED)
+            return
         user = get_user_model().objects.filter(pk=self.user_id).first()
         if user is None or not user.is_active:
             raise AccessEnded(ACCOUNT_ENDED)
-        if self.token_id is not None:
-            if not ApiToken.objects.filter(pk=self.token_id, revoked_at=None).exists():
-                raise AccessEnded(TOKEN_REVOKED)
-            return
         if self.session_key is None:
             raise AccessEnded(SESSION_ENDED)
         # load() answers {} for a session that is gone or expired.

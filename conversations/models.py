@@ -26,7 +26,7 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
-from conversations import instances
+from conversations import instances, rendering
 from conversations.protocol import ChatimgError, text_of
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,38 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
         return conversation, *conversation.begin_turn(
             text, client_message_id, touch=not fresh, attachments=attachments
         )
+
+    def opened(
+        self, user: Any, pk: uuid.UUID, *, limit: int, before: int | None = None
+    ) -> tuple[Conversation, list[Message], bool] | None:
+        """The user's conversation and the latest `limit` messages of its active
+        branch (older than `before`, a message id, when given), oldest first, each
+        with its `versions`, and whether earlier ones exist. None: not the
+        user's, or missing.
+
+        A fixed number of queries whatever the length: the messages with their
+        conversation (one JOIN; a query of its own only when no message
+        matched), the branch tree (ids only, for "2 / 3"), and one prefetch each
+        for the invocations, their images, the images' parents and the
+        questions' attachments.
+        """
+        rows = Message.objects.filter(conversation_id=pk, conversation__user=user, active=True)
+        if before is not None:
+            rows = rows.filter(pk__lt=before)
+        messages = list(
+            rows.select_related("conversation")
+            .prefetch_related("tool_invocations__images__parents", "attachments")
+            .order_by("-id")[: limit + 1]
+        )
+        earlier = len(messages) > limit
+        messages = messages[:limit][::-1]
+        if not messages:
+            conversation = self.filter(pk=pk, user=user).first()
+            return None if conversation is None else (conversation, [], False)
+        conversation = messages[0].conversation
+        for message in messages:
+            message.conversation = conversation  # one instance, not one per row
+        return conversation, _with_versions(messages, conversation._tree()), earlier
 
     def page(
         self, cursor: tuple[Any, uuid.UUID] | None, size: int
@@ -238,6 +270,9 @@ class Conversation(models.Model):
                     status=Message.Status.COMPLETE,
                     text=text,
                     client_message_id=client_message_id,
+                    # Its page HTML (escaped text) with the row: no write at its first view.
+                    html=[rendering.user_text_html(text)],
+                    html_version=rendering.RENDER_VERSION,
                 )
                 Attachment.objects.claim(self.user_id, user_message, attachments or [])
                 assistant = self._open_answer(user_message)
@@ -297,6 +332,7 @@ class Conversation(models.Model):
                     truncated=False,
                     heartbeat_at=timezone.now(),
                     owner=instances.current(),
+                    html_version=0,  # its text grows again: the stored HTML is stale
                 )
         except IntegrityError:
             raise TurnInProgress from None
@@ -571,6 +607,7 @@ class MessageQuerySet(models.QuerySet["Message"]):
                 won = Message.objects.filter(which, pk=message.pk).update(
                     **recovered,
                     **error,
+                    html_version=0,
                     status=status,
                     heartbeat_at=None,
                     updated_at=now,
@@ -585,6 +622,23 @@ class MessageQuerySet(models.QuerySet["Message"]):
                 )
             closed.append(message)
         return closed
+
+    def store_html(self, messages: list[Message]) -> int:
+        """Store the HTML rendered for these messages at this view (one UPDATE, or none).
+
+        After RENDER_VERSION changed, the first view of a chat stores its
+        messages' new HTML; later views find it. Conditional on the message
+        still being final: an answer reopened meanwhile (turn.continue) keeps
+        its reset html_version.
+        """
+        stale = [m for m in messages if m.html_stale and m.is_final]
+        if not stale:
+            return 0
+        for message in stale:
+            message.html_stale = False
+        return self.exclude(status=Message.Status.STREAMING).bulk_update(
+            stale, ["html", "html_version"], batch_size=200
+        )
 
 
 class Message(models.Model):
@@ -635,8 +689,22 @@ class Message(models.Model):
     # The model stopped at its length limit (finish_reason "length"): the text
     # is kept, and the answer can be continued (turn.continue).
     truncated = models.BooleanField(default=False)
+    # The sanitised HTML of the final text, rendered once instead of at every
+    # view (Markdown + nh3 were 60 % of opening a long chat): one string per
+    # segment of `segments()` (the text cut at each tool call; the tool cards
+    # between them, and a question's attachments, are rendered per view: an
+    # image's review can hide it). Valid only while `html_version` equals
+    # rendering.RENDER_VERSION: a renderer change bumps that constant and every
+    # stored HTML is re-rendered lazily at its next view (conversations/rendering.py).
+    # Whatever changes a final message's text must reset `html_version` to 0.
+    html = models.JSONField(default=list, blank=True)
+    html_version = models.PositiveSmallIntegerField(default=0)
 
     objects = MessageQuerySet.as_manager()
+
+    #: Not a field: set when `html` was (re)rendered in this process and is not
+    #: stored yet (conversations/rendering.py segment_html; MessageQuerySet.store_html).
+    html_stale = False
 
     class Meta:
         ordering = ["id"]
@@ -719,9 +787,7 @@ class Message(models.Model):
         return self.status != self.Status.STREAMING
 
     def body_html(self, invocations: list[ToolInvocation] | None = None) -> str:
-        from conversations.rendering import message_html
-
-        return message_html(self, invocations)
+        return rendering.message_html(self, invocations)
 
     def segments(
         self, invocations: list[ToolInvocation] | None = None
@@ -763,7 +829,15 @@ class Message(models.Model):
         error_code: str = "",
         error_message: str = "",
         truncated: bool = False,
+        invocations: list[ToolInvocation] | None = None,
     ) -> None:
+        """Store the final state (one UPDATE).
+
+        `invocations`: the answer's tool invocations when the caller knows them
+        (`[]` for an answer without tool calls); its HTML is then rendered and
+        stored in the same UPDATE, and `body_html` finds it. Otherwise the
+        stored HTML is reset and rendered at the first view.
+        """
         self.status = status
         self.truncated = truncated
         self.text = text
@@ -772,6 +846,10 @@ class Message(models.Model):
         self.error_message = error_message
         self.heartbeat_at = None
         self.updated_at = timezone.now()
+        self.html, self.html_version = [], 0
+        if invocations is not None:
+            rendering.segment_html(self, self.segments(invocations))
+            self.html_stale = False  # stored by this very UPDATE
         self.save(
             update_fields=[
                 "status",
@@ -782,6 +860,8 @@ class Message(models.Model):
                 "heartbeat_at",
                 "updated_at",
                 "truncated",
+                "html",
+                "html_version",
             ]
         )
 

@@ -10,6 +10,15 @@ The page renders a streaming answer itself (markdown-stream.js: markdown-it,
 the JavaScript original of markdown-it-py, and DOMPurify) with the allow-list
 below, which the page receives as JSON (`client_policy`), so both sanitisers
 enforce one list and the swap to this HTML at the end does not move the page.
+
+A final message's text HTML is rendered once and stored with it
+(`Message.html`, `Message.html_version`), not at every view: opening a long
+chat spent 60 % of its time here. The stored HTML is used only while its
+version equals RENDER_VERSION; **bump RENDER_VERSION whenever the HTML this
+module produces for the same text changes** (Markdown options, the allowed
+tags, highlighting, the user text's markup), and every stored message is
+re-rendered at its next view (`segment_html`, then stored by the view with
+`Message.objects.store_html`). No migration, no batch job.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import nh3
+from django.template.defaultfilters import linebreaksbr
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
@@ -33,9 +43,10 @@ if TYPE_CHECKING:
 
 #: The version of what markdown_html produces. Bump it whenever the HTML for the
 #: same text changes (renderer options, allow-list, highlighting), so that any
-#: HTML cached under the old version is rendered again. 2: Pygments highlighting,
-#: table column alignment kept (as `align`).
-RENDER_VERSION = 2
+#: HTML stored under the old version (Message.html) is rendered again at its
+#: next view. 2: Pygments highlighting, table column alignment kept (as
+#: `align`). 3: the stored per-message HTML (Message.html_version) is keyed by it.
+RENDER_VERSION = 3
 
 #: Code longer than this is shown plain: highlighting is linear but not free, and
 #: nobody reads colours in a 100 KB paste.
@@ -181,6 +192,30 @@ def highlight_css() -> str:
     return header + "\n".join(blocks) + "\n"
 
 
+def user_text_html(text: str) -> str:
+    """A user's message text: plain, escaped, line breaks kept (never Markdown)."""
+    return f'<p class="plain">{linebreaksbr(text, autoescape=True)}</p>'
+
+
+def segment_html(message: Message, cut: list[tuple[str, ToolInvocation | None]]) -> list[str]:
+    """The HTML of each text segment of `cut` (message.segments()); one for a user's message.
+
+    The stored HTML when it is of this renderer's version, else rendered now
+    and, for a final message, set on it with `html_stale` (the caller stores it).
+    """
+    expected = 1 if message.role == "user" else len(cut)
+    if message.html_version == RENDER_VERSION and len(message.html) == expected:
+        return list(message.html)
+    if message.role == "user":
+        html = [user_text_html(message.text)]
+    else:
+        html = [markdown_html(text) if text.strip() else "" for text, _ in cut]
+    if message.is_final:
+        message.html, message.html_version = html, RENDER_VERSION
+        message.html_stale = True
+    return html
+
+
 def message_html(message: Message, invocations: list[ToolInvocation] | None = None) -> SafeString:
     """The message body exactly as the page shows it: text segments and tool cards.
 
@@ -189,15 +224,16 @@ def message_html(message: Message, invocations: list[ToolInvocation] | None = No
     if message.role == "user":
         return render_to_string(
             "conversations/_user_text.html",
-            # Prefetched by the pages that show many messages (chat view, admin).
-            {"text": message.text, "attachments": message.attachments.all()},
+            {
+                "text_html": mark_safe(segment_html(message, [])[0]),  # noqa: S308 (escaped)
+                # Prefetched by the pages that show many messages (chat view, admin).
+                "attachments": message.attachments.all(),
+            },
         )
+    cut = message.segments(invocations)
     parts = [
-        {
-            "html": mark_safe(markdown_html(text)) if text.strip() else "",  # noqa: S308 (sanitised)
-            "invocation": invocation,
-        }
-        for text, invocation in message.segments(invocations)
+        {"html": mark_safe(part), "invocation": invocation}  # noqa: S308 (sanitised)
+        for part, (_, invocation) in zip(segment_html(message, cut), cut, strict=True)
     ]
     return render_to_string("conversations/_assistant_body.html", {"parts": parts})
 

@@ -271,24 +271,9 @@ class Turn:
             failed: dict[str, Any] = invocation.result  # a JSONField: Any to the checker
             return failed
         made = outcome.images
-        result: dict[str, Any] = {
-            "status": "ok",
-            "image_id": str(made[0].id),
-            "prompt": made[0].prompt,
-            "revised_prompt": made[0].revised_prompt or None,
-        }
-        if len(made) > 1:
-            result["image_ids"] = [str(image.id) for image in made]
-        if outcome.parents:
-            result["edited_from"] = [str(parent.id) for parent in outcome.parents]
-        notes = list(request.notes)
-        if len(made) < request.n:
-            notes.append(f"The image service made {len(made)} of the {request.n} asked for.")
-        if notes:
-            result["notes"] = notes
-        if outcome.remaining is not None:
-            result["images_left_today"] = outcome.remaining
-        await database_sync_to_async(invocation.complete)(result)
+        # images.generate completed the invocation with the images' rows (one trip).
+        result: dict[str, Any] = invocation.result
+        notes: list[str] = list(result.get("notes", []))
         await self._publish(
             protocol.tool_completed(
                 *self._ids(),
@@ -416,6 +401,8 @@ class Turn:
             error_code=code,
             error_message=error,
             truncated=truncated,
+            # Without tool calls the HTML is known now: stored by the same UPDATE.
+            invocations=None if self.tool_calls else [],
         )
         if not self.tool_calls:
             return message.body_html(invocations=[])

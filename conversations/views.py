@@ -43,6 +43,12 @@ from conversations.rendering import client_policy
 #: Sidebar entries per page (the first page is in the chat page, the rest load on demand).
 CONVERSATIONS_PER_PAGE = 30
 
+#: Messages a chat page opens with: the latest ones of the active branch; "Show
+#: earlier messages" loads the ones before, this many at a time. A 500-message
+#: chat with 100 images took 200-400 ms to render whole, and people read a chat
+#: from its end (issue 12, docs/benchmarks.md).
+MESSAGES_PER_PAGE = 60
+
 #: Plain sentences for the error codes of protocol v1 (conversations/protocol.py).
 #: The page shows these, with the server's own message as detail; chat.js reads the
 #: same table (json_script).
@@ -72,15 +78,18 @@ def chat(
     conversations, next_page = conversation_page(request.user)
     conversation = None
     messages: list[Message] = []
+    earlier_page = None
     if conversation_id is not None:
-        conversation = Conversation.objects.filter(pk=conversation_id, user=request.user).first()
-        if conversation is None:
+        # The active branch only (its latest messages); each message knows its
+        # versions (for "2 / 3").
+        opened = Conversation.objects.opened(request.user, conversation_id, limit=MESSAGES_PER_PAGE)
+        if opened is None:
             # Missing or someone else's: the app's own page, in development too
             # (Http404 would show Django's debug page there, with the URL list).
             return render(request, "404.html", status=404)
-        # The active branch only; each message knows its versions (for "2 / 3").
-        messages = conversation.active_path()
-    return render(
+        conversation, messages, earlier = opened
+        earlier_page = messages_page_url(conversation, messages) if earlier else None
+    response = render(
         request,
         "conversations/chat.html",
         {
@@ -88,6 +97,7 @@ def chat(
             "next_page": next_page,
             "conversation": conversation,
             "chat_messages": messages,
+            "earlier_page": earlier_page,
             "max_message_chars": settings.MAX_MESSAGE_CHARS,
             "upload_max_bytes": settings.UPLOAD_MAX_BYTES,
             "uploads_per_message": settings.UPLOADS_PER_MESSAGE,
@@ -96,6 +106,38 @@ def chat(
             # The server's sanitiser allow-list, for the page's streaming render.
             "render_policy": client_policy(),
         },
+    )
+    # HTML rendered by this view (first view since RENDER_VERSION changed) is kept.
+    Message.objects.store_html(messages)
+    return response
+
+
+def messages_page_url(conversation: Conversation, messages: list[Message]) -> str:
+    """The URL of the messages before these (the page's "Show earlier messages")."""
+    path = reverse("conversation_messages", args=[conversation.pk])
+    return f"{path}?{urlencode({'before': messages[0].pk})}"
+
+
+@login_required
+@require_GET
+def conversation_messages(
+    request: AuthenticatedHttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
+    """Earlier messages of a chat's active branch: {"html": "<article>…", "next": url or null}."""
+    try:
+        before = int(request.GET["before"])
+    except (KeyError, ValueError):
+        return JsonResponse({"error": "before is required"}, status=400)
+    opened = Conversation.objects.opened(
+        request.user, conversation_id, limit=MESSAGES_PER_PAGE, before=before
+    )
+    if opened is None:
+        return JsonResponse({"error": "No such conversation."}, status=404)
+    conversation, messages, earlier = opened
+    html = render_to_string("conversations/_messages.html", {"chat_messages": messages}, request)
+    Message.objects.store_html(messages)
+    return JsonResponse(
+        {"html": html, "next": messages_page_url(conversation, messages) if earlier else None}
     )
 
 

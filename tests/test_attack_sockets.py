@@ -207,14 +207,19 @@ async def test_an_expired_session_and_a_silent_deactivation_are_noticed(
     app.create_user(name)
     visitor = logged_in(app, name)
     sock = await ready_socket(app, session=visitor.session)
-    # No signal: the session just expires (as it would by age).
+    # No signal: the session just expires (as it would by age), in the database
+    # and, with Redis, in the session cache (cached_db), where its entry expires
+    # at the same age.
     app.manage(
         "shell",
         "-c",
         "from datetime import timedelta; from django.utils import timezone; "
+        "from django.conf import settings; from django.core.cache import caches; "
+        "from django.contrib.sessions.backends.cached_db import KEY_PREFIX; "
         "from django.contrib.sessions.models import Session; "
         f"Session.objects.filter(session_key={visitor.session!r})"
-        ".update(expire_date=timezone.now() - timedelta(seconds=1))",
+        ".update(expire_date=timezone.now() - timedelta(seconds=1)); "
+        f"caches[settings.SESSION_CACHE_ALIAS].delete(KEY_PREFIX + {visitor.session!r})",
     )
     await assert_closed_for_login(sock, "session ended")
 

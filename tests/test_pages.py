@@ -6,10 +6,14 @@ import re
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from conversations import rendering
 from conversations.models import Conversation, GeneratedImage, Message, ToolInvocation
+from conversations.views import MESSAGES_PER_PAGE
 
 pytestmark = pytest.mark.django_db
 
@@ -187,3 +191,165 @@ def test_the_favicon_that_admin_pages_ask_for_is_served_to_anyone(client: Client
     assert response["Content-Type"] == "image/vnd.microsoft.icon"
     assert response.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
     assert "max-age=86400" in response["Cache-Control"]
+
+
+def long_chat(user: Any, messages: int, images: int) -> Conversation:
+    """A chat of `messages` messages (question, Markdown answer, ...), `images` of whose
+    answers made two images in one call, each call's first image edited from the
+    call before (its parent)."""
+    conversation = Conversation.objects.create(user=user, title="A long chat")
+    parent: Message | None = None
+    for n in range(messages):
+        # One path (each message's parent the one before): a chat without branches.
+        parent = Message.objects.create(
+            conversation=conversation,
+            role="user" if n % 2 == 0 else "assistant",
+            text=f"Question {n}?" if n % 2 == 0 else f"Answer **{n}**, with `code`.",
+            parent=parent,
+        )
+    answers = list(conversation.messages.filter(role="assistant").order_by("id"))
+    step = max(1, len(answers) // max(1, images))
+    previous: GeneratedImage | None = None
+    for index, answer in enumerate(answers[::-1][::step][:images]):
+        invocation = ToolInvocation.objects.create(
+            message=answer,
+            call_id=f"call_{index}",
+            name="generate_image",
+            arguments={"prompt": f"picture {index}", "n": 2},
+            status="complete",
+            text_offset=len(answer.text),
+        )
+        made = [
+            GeneratedImage.objects.create(
+                user=user,
+                conversation=conversation,
+                tool_invocation=invocation,
+                index=n,
+                file=f"images/{index:02x}/{index}-{n}.png",
+                sha256=f"{index * 2 + n:064x}",
+                bytes=10,
+                width=64,
+                height=64,
+                model="test",
+                prompt=f"picture {index}",
+            )
+            for n in range(2)
+        ]
+        if previous is not None:
+            made[0].parents.add(previous)
+        previous = made[0]
+    return conversation
+
+
+def queries_of(client: Client, url: str) -> tuple[int, str]:
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url)
+    assert response.status_code == 200
+    return len(captured.captured_queries), response.content.decode()
+
+
+def test_a_long_chat_opens_with_its_latest_messages_in_a_fixed_number_of_queries(
+    make_user: Any, settings: Any
+) -> None:
+    alice = make_user("alice")
+    long = long_chat(alice, 500, 100)
+    short = long_chat(alice, 2, 1)
+    client = logged_in(alice)
+    client.get(long.get_absolute_url())  # the first view stores the rendered HTML
+    client.get(short.get_absolute_url())
+    count, html = queries_of(client, long.get_absolute_url())
+    # Session (none when it is read from the cache, i.e. with Redis), user, sidebar,
+    # messages with their conversation, the branch tree (for "2 / 3"), tool
+    # invocations, their images, the images' parents, the questions' attachments, quota.
+    session_reads = 0 if "cached_db" in settings.SESSION_ENGINE else 1
+    assert count <= 9 + session_reads
+    assert queries_of(client, short.get_absolute_url())[0] == count
+    # The latest messages, the last answer included; the first ones on demand.
+    assert len(re.findall(r'<article [^>]*data-message-id="\d+"', html)) == MESSAGES_PER_PAGE
+    assert "Answer <strong>499</strong>" in html and "Question 0?" not in html
+    assert 'id="load-earlier"' in html and "/images/" in html
+    assert "Edited from" in html or "edited from" in html
+
+
+def test_earlier_messages_load_page_by_page_each_once_and_in_order(make_user: Any) -> None:
+    alice, bob = make_user("alice"), make_user("bob")
+    chat = long_chat(alice, 130, 10)
+    client = logged_in(alice)
+    page = client.get(chat.get_absolute_url()).content.decode()
+    url = re.search(r'id="load-earlier" data-action="earlier" data-url="([^"]+)"', page)
+    assert url is not None
+    shown = re.findall(r"(?:Question |Answer <strong>)(\d+)", page)
+    next_url: str | None = url.group(1).replace("&amp;", "&")
+    while next_url:
+        earlier = client.get(next_url, headers={"accept": "application/json"}).json()
+        shown = re.findall(r"(?:Question |Answer <strong>)(\d+)", earlier["html"]) + shown
+        next_url = earlier["next"]
+    assert shown == [str(n) for n in range(130)]
+    # Someone else's chat is not found, the same as a missing one.
+    theirs = logged_in(bob).get(url.group(1).replace("&amp;", "&"))
+    assert theirs.status_code == 404
+    assert client.get(f"/c/{chat.pk}/messages/?before=x").status_code == 400
+
+
+def test_the_page_and_earlier_messages_show_the_active_branch_only(make_user: Any) -> None:
+    alice = make_user("alice")
+    chat = long_chat(alice, 70, 0)
+    first = chat.messages.order_by("id").first()
+    assert first is not None
+    # An edit of the first question: the new branch is a single exchange.
+    chat.begin_edit(first.pk, "Question 0, edited", "edit-1")
+    answer = chat.messages.filter(active=True, role="assistant").get()
+    answer.finish("complete", "The edited answer")
+    client = logged_in(alice)
+    page = client.get(chat.get_absolute_url()).content.decode()
+    assert "Question 0, edited" in page and "Question 2?" not in page
+    assert 'id="load-earlier"' not in page
+    assert "2 / 2" in page  # the question's versions
+    # Back on the old branch, earlier messages come from that branch.
+    chat.switch_branch(first.pk)
+    page = client.get(chat.get_absolute_url()).content.decode()
+    assert "Question 0, edited" not in page and "Answer <strong>69</strong>" in page
+    url = re.search(r'data-url="([^"]+/messages/[^"]+)"', page)
+    assert url is not None
+    earlier = client.get(url.group(1).replace("&amp;", "&")).json()
+    assert "Question 0?" in earlier["html"] and "1 / 2" in earlier["html"]
+    assert "edited" not in earlier["html"]
+
+
+def test_a_messages_html_is_rendered_once_and_again_when_the_renderer_changes(
+    make_user: Any, monkeypatch: Any
+) -> None:
+    alice = make_user("alice")
+    conversation, _ = conversation_with_image(alice)
+    client = logged_in(alice)
+    client.get(conversation.get_absolute_url())
+    answer = conversation.messages.get(role="assistant")
+    assert answer.html_version == rendering.RENDER_VERSION
+    assert answer.html == [
+        "<p>Sure, drawing it.</p>\n",
+        "<p>Here it is, with <strong>bold</strong> words.</p>\n",
+    ]
+    # The stored HTML is what the page shows while its version is current...
+    Message.objects.filter(pk=answer.pk).update(html=["<p>stored one</p>", "<p>stored two</p>"])
+    page = client.get(conversation.get_absolute_url()).content.decode()
+    assert "stored one" in page and "<strong>bold</strong>" not in page
+    # ...and a new renderer version renders (and stores) it again at the next view.
+    monkeypatch.setattr(rendering, "RENDER_VERSION", rendering.RENDER_VERSION + 1)
+    page = client.get(conversation.get_absolute_url()).content.decode()
+    assert "stored one" not in page and "<strong>bold</strong>" in page
+    answer.refresh_from_db()
+    assert answer.html_version == rendering.RENDER_VERSION
+    assert "draw a lighthouse &lt;b&gt;now&lt;/b&gt;" in page  # a user's text stays text
+
+
+def test_a_finished_exchange_is_shown_without_rendering_or_writing_at_its_first_view(
+    make_user: Any,
+) -> None:
+    alice = make_user("alice")
+    conversation, _, answer, _ = Conversation.objects.start_turn(alice, None, "k1", "hi *there*")
+    answer.finish("complete", "Hi **you**", invocations=[])  # as a turn ends
+    client = logged_in(alice)
+    with CaptureQueriesContext(connection) as captured:
+        page = client.get(conversation.get_absolute_url()).content.decode()
+    assert "<strong>you</strong>" in page and "hi *there*" in page
+    assert not [q for q in captured.captured_queries if q["sql"].startswith("UPDATE")]

@@ -67,7 +67,7 @@ def test_the_committed_highlight_css_is_what_pygments_makes_now() -> None:
 
 
 def test_the_renderer_has_a_version_for_caches() -> None:
-    assert rendering.RENDER_VERSION == 2
+    assert rendering.RENDER_VERSION == 3
 
 
 def test_table_columns_keep_their_alignment() -> None:

@@ -144,3 +144,46 @@ def test_a_new_user_watches_an_answer_stream_and_an_image_appear_and_finds_both_
 
     scroll_to_end(page)
     shoot(page, "chat-image")
+
+
+def test_a_long_chat_opens_at_its_end_and_shows_earlier_messages_on_demand(
+    page: Page,
+    log_in: Callable[[str], None],
+    user: str,
+    app_server: AppServer,
+    shoot: Callable[[Page, str], None],
+) -> None:
+    code = f"""
+from django.contrib.auth import get_user_model
+from conversations.models import Conversation, Message
+user = get_user_model().objects.get(username={user!r})
+c = Conversation.objects.create(user=user, title="A long chat")
+parent = None
+for n in range(150):
+    parent = Message.objects.create(
+        conversation=c, role="user" if n % 2 == 0 else "assistant", parent=parent,
+        text=f"Question {{n}}" if n % 2 == 0 else f"Answer **{{n}}**")
+print(c.id)
+"""
+    (conversation,) = re.findall(UUID, app_server.manage("shell", "-c", code))
+    log_in(user)
+    page.goto(f"{app_server.url}/c/{conversation}/")
+    wait_until_ready(page)
+    articles = page.locator("#thread > article")
+    expect(articles).to_have_count(60)
+    expect(articles.last).to_contain_text("Answer 149")
+    expect(articles.first).to_have_text(re.compile("Question 90"))
+
+    earlier = page.get_by_role("button", name="Show earlier messages")
+    earlier.click()
+    expect(articles).to_have_count(120)
+    # The reader's place is kept: the message that was first is still in view.
+    expect(page.locator("#thread > article", has_text="Question 90").first).to_be_in_viewport()
+    page.locator("#messages").evaluate("(s) => { s.scrollTop = 0; }")
+    expect(earlier).to_be_in_viewport()
+    shoot(page, "chat-earlier-messages")
+    earlier.click()
+    expect(articles).to_have_count(150)
+    expect(earlier).to_be_hidden()
+    texts = articles.all_inner_texts()
+    assert [t.split()[-1] for t in texts] == [str(n) for n in range(150)]

@@ -352,6 +352,13 @@ threadEl.addEventListener("click", async (event) => {
     case "enlarge":
       openLightbox(button.closest(".image-item") || button.closest("figure"));
       break;
+    case "earlier":
+      try {
+        await thread.showEarlier(button);
+      } catch (error) {
+        showError("", `Could not load earlier messages. ${error.message}`);
+      }
+      break;
     case "edit-image":
       composer.fill(editRequest(button), { replace: true });
       break;

@@ -302,6 +302,34 @@ export function enhance(root) {
   }
 }
 
+/**
+ * "Show earlier messages": the page opens with the latest messages only; this puts
+ * the ones before them at the top of the thread, the reader's place kept.
+ */
+export async function showEarlier(button) {
+  const url = button.dataset.url;
+  if (!url || button.disabled) return;
+  button.disabled = true;
+  button.textContent = "Loading…";
+  try {
+    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error(`The server answered ${response.status}.`);
+    const page = await response.json();
+    // The server's own partials, as at page load (model text sanitised there).
+    const parsed = document.createElement("template");
+    parsed.innerHTML = page.html;
+    enhance(parsed.content);
+    const height = scroller.scrollHeight;
+    button.after(parsed.content);
+    scroller.scrollTop += scroller.scrollHeight - height;
+    button.dataset.url = page.next || "";
+    button.hidden = !page.next;
+  } finally {
+    button.disabled = false;
+    button.textContent = "Show earlier messages";
+  }
+}
+
 // --- following the end of the thread -------------------------------------------------------
 //
 // While the reader is at the bottom, growing content keeps them there; once they

@@ -93,7 +93,8 @@ def test_a_new_user_watches_an_answer_stream_and_an_image_appear_and_finds_both_
     first, second = chats
     assert first["stream"] is True
     assert first["messages"][-1] == {"role": "user", "content": PROMPT}
-    assert [tool["function"]["name"] for tool in first["tools"]] == ["generate_image"]
+    # Both image tools: nothing drawn yet, but edits are offered whenever the model can edit.
+    assert [tool["function"]["name"] for tool in first["tools"]] == ["generate_image", "edit_image"]
     tool_message = second["messages"][-1]
     assert tool_message["role"] == "tool"
     assert len(tool_message["content"]) < 1000

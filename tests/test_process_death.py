@@ -255,9 +255,11 @@ async def test_stop_reaches_the_owner_and_ends_an_answer_no_turn_runs(
         database,
         "INSERT INTO conversations_message (conversation_id, role, status, text, "
         "client_message_id, model, usage, error_code, error_message, created_at, updated_at, "
-        "heartbeat_at, truncated, owner, reply_to_id) "
+        "heartbeat_at, truncated, owner, reply_to_id, parent_id, active, chosen_at, html, "
+        "html_version) "
         "SELECT conversation_id, 'assistant', 'streaming', 'Half an ans', '', '', '{}', '', '', "
-        "now(), now(), now(), false, %s, id FROM conversations_message WHERE id = %s "
+        "now(), now(), now(), false, %s, id, id, true, now(), '[]', 0 "
+        "FROM conversations_message WHERE id = %s "
         "RETURNING id",
         other,
         accepted["message_id"],

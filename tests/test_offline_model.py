@@ -34,6 +34,7 @@ from offline_model import (
     last_user_text,
     render_image,
 )
+from tests.waiting import within
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -574,6 +575,9 @@ def test_a_handler_subclass_adds_routes_chooses_replies_paces_and_sees_the_bytes
         )
         assert base64.b64decode(image.data[0].b64_json) == b"a kite at 256x256"
         ready = [size for kind, size in seen if kind == "image ready"]
+        # after_image_response runs on the server's thread once the bytes are out,
+        # which can be just after the client has read them.
+        assert within(lambda: ("image sent", ready[0]) in seen, timeout=5)
         assert ready == [size for kind, size in seen if kind == "image sent"] and ready[0] > 0
         # A route of one's own is answered before recording: only the model's own requests.
         assert [r.path for r in server.requests] == [

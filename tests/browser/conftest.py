@@ -59,6 +59,8 @@ CHROMIUM_ARGS = [
 #: Fake model's delay between streamed tokens: slow enough to watch text grow.
 TOKEN_DELAY = 0.03
 TIMEOUT_MS = 15_000
+# Each pytest-xdist worker serves its own app: their logs get the worker's name.
+WORKER = "-" + os.environ["PYTEST_XDIST_WORKER"] if "PYTEST_XDIST_WORKER" in os.environ else ""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -130,14 +132,15 @@ def app_server(model_server: OfflineModelServer, output_dir: Path) -> Iterator[A
     Model-written titles are off here: the title request would take the next scripted
     reply of whichever test runs. ``titled_app_server`` has them on.
     """
-    yield from _serve(model_server, output_dir / "browser-server.log", CHATIMG_LLM_TITLES="0")
+    log = output_dir / f"browser-server{WORKER}.log"
+    yield from _serve(model_server, log, CHATIMG_LLM_TITLES="0")
 
 
 @pytest.fixture(scope="session")
 def titled_app_server(model_server: OfflineModelServer, output_dir: Path) -> Iterator[AppServer]:
     """A second app process that asks the model for a title after a first exchange."""
     yield from _serve(
-        model_server, output_dir / "browser-server-titles.log", CHATIMG_LLM_TITLES="1"
+        model_server, output_dir / f"browser-server-titles{WORKER}.log", CHATIMG_LLM_TITLES="1"
     )
 
 

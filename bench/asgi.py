@@ -11,7 +11,7 @@ ticker) and garbage-collection pauses (``gc.callbacks``) the same way, and the
 phases of each generated image (``images``: wall time at which the image API
 call returned its bytes, decode and upload durations, keyed by the bench id in
 the prompt). The image probe wraps three functions of ``conversations``
-(``llm.generate_image``, ``images.decode``, ``images._upload``) with timers and
+(``llm.generate_images``, ``images.decode``, ``images._upload``) with timers and
 changes nothing else. Nothing else about the app changes, unless
 ``BENCH_PATCHES`` names "what-if" patches (bench/patches.py).
 """
@@ -101,18 +101,18 @@ _image_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("bench_im
 
 
 def _probe_images() -> None:
-    generate, decode, upload = app_llm.generate_image, app_images.decode, app_images._upload
+    generate, decode, upload = app_llm.generate_images, app_images.decode, app_images._upload
 
     @functools.wraps(generate)
-    async def generate_image(prompt: str, **kwargs: Any) -> Any:
+    async def generate_images(prompt: str, **kwargs: Any) -> Any:
         match = IMAGE_MARKER_RE.fullmatch(prompt.strip())
         started = time.time()
-        picture = await generate(prompt, **kwargs)
+        pictures = await generate(prompt, **kwargs)
         if match:
             # Awaited in the turn's own task: the id stays set for decode and upload.
             _image_id.set(match["id"])
             _image_phases[match["id"]] = {"called": started, "picture": time.time()}
-        return picture
+        return pictures
 
     def timed(name: str, function: Any) -> Any:
         @functools.wraps(function)
@@ -127,7 +127,7 @@ def _probe_images() -> None:
 
         return wrapper
 
-    app_llm.generate_image = generate_image
+    app_llm.generate_images = generate_images
     app_images.decode = timed("decode", decode)
     app_images._upload = timed("upload", upload)
 

@@ -115,7 +115,7 @@ def _stored(stack: Stack, message_id: int) -> tuple[str, str]:
     return str(row[0]), str(row[1])
 
 
-async def _start_answer(stack: Stack, writer: Watcher) -> str:
+async def _start_answer(writer: Watcher) -> str:
     await writer.ws.send(_send(None, marker(TOKENS, 0.02, uuid.uuid4().hex[:8])))
     accepted: dict[str, Any] = {}
     async with asyncio.timeout(30):
@@ -132,7 +132,7 @@ async def one_run_two_processes(stack: Stack) -> dict[str, float]:
     token = stack.tokens[0]
     writer = Watcher(await open_socket(stack.ws_urls[0], token))
     follower = Watcher(await open_socket(stack.ws_urls[1], token))
-    conversation = await _start_answer(stack, writer)
+    conversation = await _start_answer(writer)
     await follower.ws.send(
         json.dumps({"type": "conversation.subscribe", "conversation_id": conversation})
     )
@@ -162,7 +162,7 @@ async def one_run_embedded(stack: Stack) -> dict[str, float]:
     stack.start_app(processes=1)
     token = stack.tokens[0]
     writer = Watcher(await open_socket(stack.ws_url, token))
-    conversation = await _start_answer(stack, writer)
+    conversation = await _start_answer(writer)
     await writer.read_until(lambda: len(writer.text) >= SEEN_BEFORE_KILL, 30)
     os.kill(stack.app_pids[0], signal.SIGKILL)
     stack.apps[0].wait(10)

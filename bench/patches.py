@@ -63,9 +63,7 @@ PATCHES = {
     "gc_young_50k": lambda: gc_young(50_000),
     "gc_python_default": gc_python_default,
     "redis_publish_unlocked": redis_publish_unlocked,
-    "switch_1ms": lambda: switch_interval(0.001),
     "switch_05ms": lambda: switch_interval(0.0005),
-    "switch_02ms": lambda: switch_interval(0.0002),
 }
 
 

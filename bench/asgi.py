@@ -135,6 +135,82 @@ def _probe_images() -> None:
 _probe_images()
 
 
+# --- where a turn start's time goes: wall-clock stamps of its phases ----------------------
+
+_phases: dict[str, list[float]] = {}
+
+
+def _stamp(name: str) -> None:
+    _phases.setdefault(name, []).append(time.time())
+
+
+def _probe_turn_start() -> None:
+    from conversations import consumers, turns
+
+    def around(owner: Any, attribute: str, name: str) -> None:
+        function = getattr(owner, attribute)
+        if asyncio.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                _stamp(name + ">")
+                try:
+                    return await function(*args, **kwargs)
+                finally:
+                    _stamp(name + "<")
+
+        else:
+
+            @functools.wraps(function)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                _stamp(name + ">")
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    _stamp(name + "<")
+
+        setattr(owner, attribute, wrapper)
+
+    around(consumers.ChatConsumer, "on_message_send", "1 on_message_send")
+    around(consumers.ChatConsumer, "_begin_turn", "2 begin_turn (db)")
+    around(consumers.ChatConsumer, "_accept", "3 accept")
+    around(consumers.ChatConsumer, "_follow_own_turn", "3a follow (group_add)")
+    around(consumers.runtime, "publish", "3b publish created")
+    around(consumers.runtime, "launch", "3c launch")
+    around(turns.delivery, "announce", "4b announce")
+    around(turns.streams.RedisStreams, "append_event", "4a stream append_event")
+    around(turns.streams.FileStreams, "append_event", "4a stream append_event")
+    around(turns.Turn, "_load_context", "4 load_context (db)")
+    around(turns.Turn, "_stream_round", "5 stream_round")
+    stream_chat = app_llm.stream_chat
+
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        _stamp("6 stream_chat called")
+        return stream_chat(*args, **kwargs)
+
+    app_llm.stream_chat = traced
+
+
+if os.environ.get("BENCH_PHASES"):
+    _probe_turn_start()
+
+
+def _phase_summary() -> dict[str, Any]:
+    if not _phases:
+        return {}
+    zero = min(min(v) for v in _phases.values())
+    out = {}
+    for name in sorted(_phases):
+        times = sorted(1000 * (t - zero) for t in _phases[name])
+        out[name] = {
+            "n": len(times),
+            "first": round(times[0], 1),
+            "p50": round(times[len(times) // 2], 1),
+            "last": round(times[-1], 1),
+        }
+    return out
+
+
 # --- event-loop stalls and garbage collections, for /__bench/probes ---------------------
 
 _gc_pauses: list[tuple[int, float]] = []  # (generation, seconds)
@@ -191,9 +267,11 @@ def probes(reset: bool = False) -> dict[str, Any]:
         # The worst stall in each second (wall clock), to line up with the client's timeline.
         "lag_max_by_second_ms": _by_second(),
         "images": dict(_image_phases),
+        "turn_phases": _phase_summary(),
     }
     if reset:
         _image_phases.clear()
+        _phases.clear()
         _lags.clear()
         _lag_times.clear()
         _gc_pauses.clear()

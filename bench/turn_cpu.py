@@ -6,8 +6,8 @@
 
 The database work a send does before the model is asked, as the consumer and
 the turn do it (conversations/consumers.py `_begin_turn`: credentials, rate
-limit, Conversation.objects.start_turn; conversations/turns.py
-`_load_context`: the history and the model's messages), for a first message
+limit, Conversation.objects.start_turn with the history, and the model's
+messages, all in one trip to the database thread), for a first message
 (new conversation) and a follow-up (an existing one with 20 messages).
 Reported per turn start: statements, and CPU ms of this process
 (`time.process_time`; min and median of the runs), which stays meaningful
@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from conversations import limits, llm
+    from conversations import limits
     from conversations.models import ApiToken, Conversation, Message
+    from conversations.turns import Prompt
 
     call_command("migrate", verbosity=0, interactive=False)
     user = get_user_model().objects.create_user(f"turncpu{uuid.uuid4().hex[:6]}")
@@ -55,16 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     credentials = Credentials(user_id=user.pk, token_id=token.pk, session_key=None)
 
     def start(conversation_id: uuid.UUID | None) -> uuid.UUID:
-        # consumers.ChatConsumer._begin_turn, then turns.Turn._load_context.
+        # consumers.ChatConsumer._begin_turn: the turn and its model context, one trip.
         credentials.verify()
         limits.count_send(user.pk)
-        conversation, _, answer, _ = Conversation.objects.start_turn(
+        started = Conversation.objects.start_turn(
             user, conversation_id, uuid.uuid4().hex, "bench tokens=200 delay=0.02 id=x"
         )
-        llm.model_messages(Conversation(pk=conversation.pk).history())
+        assert started.history is not None
+        Prompt.of(started.history)
         # End the answer (not measured) so that the next turn may start.
-        Message.objects.filter(pk=answer.pk).update(status=Message.Status.COMPLETE)
-        return conversation.pk
+        Message.objects.filter(pk=started.answer.pk).update(status=Message.Status.COMPLETE)
+        return started.conversation.pk
 
     existing = start(None)
     for _ in range(9):

@@ -67,6 +67,20 @@ class Coalescer:
         self._last_flush = asyncio.get_running_loop().time()
         await self._publish(offset, text)
 
+    async def lead(self, send: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """`send` in a task of its own, ahead of every delta and event handed over
+        after this returns (the lock is taken here, and released when it is done),
+        so that the caller can go on meanwhile."""
+        await self.lock.acquire()
+
+        async def run() -> None:
+            try:
+                await send()
+            finally:
+                self.lock.release()
+
+        return asyncio.get_running_loop().create_task(run())
+
     async def then(self, send: Callable[[], Awaitable[None]]) -> None:
         """Flush, then `send` (an event that must follow the text before it)."""
         async with self.lock:

@@ -33,8 +33,8 @@ from conversations import (
     streams,
 )
 from conversations.following import Follower
-from conversations.models import Conversation, Message
-from conversations.turns import TurnContext
+from conversations.models import Conversation, Message, TurnStart
+from conversations.turns import Prompt, TurnContext
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -100,8 +100,15 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
 
     async def on_message_send(self, frame: frames.SendFrame) -> None:
         runtime.refuse_if_draining()
-        conversation, question, answer, created = await dbpool.run(self._begin_turn)(frame)
-        await self._accept(conversation, question, answer, created, frame.client_message_id)
+        start, prompt = await dbpool.run(self._begin_turn)(frame)
+        await self._accept(
+            start.conversation,
+            start.question,
+            start.answer,
+            start.created,
+            frame.client_message_id,
+            prompt=prompt,
+        )
 
     async def _accept(
         self,
@@ -111,6 +118,7 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         created: bool,
         client_message_id: str,
         branch: dict[str, Any] | None = None,
+        prompt: Prompt | None = None,
     ) -> None:
         """A stored question (sent or edited): the acceptance first, then its answer."""
         if created:
@@ -123,12 +131,17 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
             conversation.pk, question.pk, client_message_id, question.text, attached, branch
         )
         if created:
-            # Other tabs and devices following the conversation see the question too.
-            await runtime.publish(conversation.pk, created_frame, skip=self)
+            # Other tabs and devices following the conversation see the question
+            # too: this process's now, the others' with the answer's announcement.
+            event = delivery.frame_event(created_frame)
+            await delivery.to_local(conversation.pk, event, skip=self)
             # The turn starts at once; its frames wait until this socket has sent
             # its acceptance (they come in-process, straight from the turn).
             self.held = []
-            await runtime.launch(TurnContext(conversation.pk, answer.pk, self.user))
+            context = TurnContext(
+                conversation.pk, answer.pk, self.user, prompt=prompt, notice=created_frame
+            )
+            await runtime.launch(context)
         try:
             await self.send(
                 protocol.message_accepted(
@@ -152,20 +165,23 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
         if not created:
             await self._catch_up(conversation, answer.pk, offset=0)
 
-    def _begin_turn(self, frame: frames.SendFrame) -> tuple[Conversation, Message, Message, bool]:
-        """One trip to a database thread: credentials, the rate limit, the turn."""
+    def _begin_turn(self, frame: frames.SendFrame) -> tuple[TurnStart, Prompt | None]:
+        """One trip to a database thread: credentials, the rate limit, the turn and
+        what its answer asks the model (so the request to the model needs no trip)."""
         self.credentials.verify()  # a revoked credential starts nothing new
         limits.count_send(self.user.pk)
-        conversation, question, answer, created = Conversation.objects.start_turn(
+        start = Conversation.objects.start_turn(
             self.user,
             frame.conversation_id,
             frame.client_message_id,
             frame.text,
             list(dict.fromkeys(frame.attachments)),
         )
-        # Read here, on the database thread: the frames above need them.
-        prefetch_related_objects([question], "attachments")
-        return conversation, question, answer, created
+        if not start.created:
+            # Read here, on the database thread: the frames above need them (a
+            # question stored just now knows its attachments already).
+            prefetch_related_objects([start.question], "attachments")
+        return start, Prompt.of(start.history) if start.history is not None else None
 
     async def on_turn_regenerate(self, frame: frames.ConversationFrame) -> None:
         runtime.refuse_if_draining()
@@ -349,8 +365,11 @@ class ChatConsumer(access.EndsWithAccess, FastDispatchConsumer):
 
     async def chat_answer(self, event: dict[str, Any]) -> None:
         """Another process started an answer in a conversation this socket follows."""
-        if event["origin"] != instances.INSTANCE:
-            delivery.read_remote(uuid.UUID(event["conversation_id"]), event["message_id"])
+        if event["origin"] == instances.INSTANCE:
+            return
+        if "frame" in event:
+            await self.send(event["frame"])  # the question it answers, first
+        delivery.read_remote(uuid.UUID(event["conversation_id"]), event["message_id"])
 
     async def _send_event(self, event: dict[str, Any]) -> None:
         starts = event.get("starts")

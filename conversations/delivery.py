@@ -135,17 +135,18 @@ async def publish(
         )
 
 
-async def announce(conversation_id: uuid.UUID, message_id: int) -> None:
-    """Tell other processes that an answer streams here: their followers read its stream."""
-    await get_channel_layer().group_send(
-        protocol.group_name(conversation_id),
-        {
-            "type": "chat.answer",
-            "conversation_id": str(conversation_id),
-            "message_id": message_id,
-            "origin": instances.INSTANCE,
-        },
-    )
+async def announce(conversation_id: uuid.UUID, message_id: int, notice: str | None = None) -> None:
+    """Tell other processes that an answer streams here: their followers read its stream,
+    after the `notice` frame if there is one (the question the answer is for)."""
+    event: dict[str, Any] = {
+        "type": "chat.answer",
+        "conversation_id": str(conversation_id),
+        "message_id": message_id,
+        "origin": instances.INSTANCE,
+    }
+    if notice is not None:
+        event["frame"] = notice
+    await get_channel_layer().group_send(protocol.group_name(conversation_id), event)
 
 
 def read_remote(conversation_id: uuid.UUID, message_id: int, after: str = "0-0") -> None:

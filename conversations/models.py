@@ -72,6 +72,16 @@ class MessageNotFound(ChatimgError):
         super().__init__("not_found", "No such message.")
 
 
+class TurnStart(NamedTuple):
+    """What storing a question did (Conversation.objects.start_turn)."""
+
+    conversation: Conversation
+    question: Message
+    answer: Message
+    created: bool  # False: a resend of a question stored already (nothing new starts)
+    history: list[Message] | None  # the model's context, oldest first, when created
+
+
 class ConversationQuerySet(models.QuerySet["Conversation"]):
     def owned(self, user: Any, pk: uuid.UUID) -> Conversation:
         """The user's conversation, or NotFound (for another user's too: nothing leaks)."""
@@ -87,41 +97,43 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
         client_message_id: str,
         text: str,
         attachments: list[uuid.UUID] | None = None,
-    ) -> tuple[Conversation, Message, Message, bool]:
-        """Store a question and open its answer: (conversation, question, answer, created).
+    ) -> TurnStart:
+        """Store a question and open its answer, and read the model's context for it.
 
         A send without a conversation starts one (titled by the message),
         unless it is a resend of such a send; see Conversation.begin_turn.
         A refused attachment stores nothing, not even the new conversation.
+        The context is read here, in the same trip to the database thread, so
+        that the answer's request to the model needs no trip of its own (with
+        many sends at once, each trip queues behind every other send's).
         """
         with transaction.atomic():
-            return self._start_turn(user, conversation_id, client_message_id, text, attachments)
-
-    def _start_turn(
-        self,
-        user: Any,
-        conversation_id: uuid.UUID | None,
-        client_message_id: str,
-        text: str,
-        attachments: list[uuid.UUID] | None,
-    ) -> tuple[Conversation, Message, Message, bool]:
-        fresh = False
-        if conversation_id is not None:
-            conversation = self.owned(user, conversation_id)
-        else:
-            earlier = (
-                Message.objects.filter(conversation__user=user, client_message_id=client_message_id)
-                .select_related("conversation")
-                .first()
+            conversation, fresh = self._conversation_for(
+                user, conversation_id, client_message_id, text
             )
-            if earlier is not None:
-                conversation = earlier.conversation
-            else:
-                conversation = self.create(user=user, title=Conversation.title_from(text))
-                fresh = True
-        return conversation, *conversation.begin_turn(
-            text, client_message_id, touch=not fresh, attachments=attachments
+            question, answer, created = conversation.begin_turn(
+                text, client_message_id, fresh=fresh, attachments=attachments
+            )
+        history: list[Message] | None = None
+        if created:
+            # A new conversation's context is its question: nothing to read back.
+            history = [question] if fresh else conversation.history()
+        return TurnStart(conversation, question, answer, created, history)
+
+    def _conversation_for(
+        self, user: Any, conversation_id: uuid.UUID | None, client_message_id: str, text: str
+    ) -> tuple[Conversation, bool]:
+        """The conversation a send goes to, and whether it was created for it (titled by it)."""
+        if conversation_id is not None:
+            return self.owned(user, conversation_id), False
+        earlier = (
+            Message.objects.filter(conversation__user=user, client_message_id=client_message_id)
+            .select_related("conversation")
+            .first()
         )
+        if earlier is not None:  # a resend of a send that started a conversation
+            return earlier.conversation, False
+        return self.create(user=user, title=Conversation.title_from(text)), True
 
     def opened(
         self, user: Any, pk: uuid.UUID, *, limit: int, before: int | None = None
@@ -247,7 +259,7 @@ class Conversation(models.Model):
         text: str,
         client_message_id: str,
         *,
-        touch: bool = True,
+        fresh: bool = False,
         attachments: list[uuid.UUID] | None = None,
     ) -> tuple[Message, Message, bool]:
         """Store the user's message and open the assistant's answer to it.
@@ -255,12 +267,13 @@ class Conversation(models.Model):
         Returns (user_message, assistant_message, created). A resend with the same
         client_message_id returns the messages of the first send and created=False,
         so a reconnecting client can never start a second turn by retrying.
-        `touch=False` skips bumping the conversation (one write fewer for a
-        conversation created for this very message, with its title).
+        `fresh`: the conversation was created for this very message, with its
+        title: there is no earlier send to find and nothing to bump (two
+        statements fewer).
         `attachments`: ids of the owner's unattached uploads, claimed by the
         question (AttachmentNotFound stores nothing).
         """
-        existing = self._accepted(client_message_id)
+        existing = None if fresh else self._accepted(client_message_id)
         if existing:
             return (*existing, False)
         try:
@@ -274,9 +287,10 @@ class Conversation(models.Model):
                     html=[rendering.user_text_html(text)],
                     html_version=rendering.RENDER_VERSION,
                 )
-                Attachment.objects.claim(self.user_id, user_message, attachments or [])
+                uploads = Attachment.objects.claim(self.user_id, user_message, attachments or [])
+                user_message.knows_attachments(uploads)
                 assistant = self._open_answer(user_message)
-                if touch:
+                if not fresh:
                     fields: dict[str, Any] = {"updated_at": timezone.now()}
                     if not self.title:
                         fields["title"] = Conversation.title_from(text)
@@ -785,6 +799,18 @@ class Message(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status != self.Status.STREAMING
+
+    def knows_attachments(self, uploads: list[Attachment]) -> None:
+        """Hold `uploads` as this message's prefetched attachments.
+
+        For a question just stored: it has exactly the uploads it claimed, so
+        reading them (its frames, the model's context) needs no query. This is
+        what prefetch_related_objects stores, without asking the database.
+        """
+        attached = self.attachments.all()
+        attached._result_cache = list(uploads)
+        attached._prefetch_done = True  # type: ignore[attr-defined]
+        self._prefetched_objects_cache = {"attachments": attached}
 
     def body_html(self, invocations: list[ToolInvocation] | None = None) -> str:
         return rendering.message_html(self, invocations)

@@ -34,11 +34,39 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Prompt:
+    """What the model is asked: the messages of the request, and the question they end with."""
+
+    messages: list[dict[str, Any]]
+    question: str
+    first_exchange: bool
+
+    @classmethod
+    def of(cls, history: list[Message]) -> Prompt:
+        """From the history (oldest first; it ends with the question the answer streams for).
+
+        Reads what `history` prefetched, or storage for a vision model's
+        attachments: run it on a database thread.
+        """
+        return cls(
+            llm.model_messages(history),
+            question=history[-1].text if history else "",
+            first_exchange=len(history) == 1,
+        )
+
+
+@dataclass
 class TurnContext:
     conversation_id: uuid.UUID
     message_id: int  # the answer's
     user: Any  # the conversation's owner (image quota, attribution)
     continuation: bool = False  # carry on a truncated answer instead of starting one
+    # Read with the question's own storing (Conversation.objects.start_turn); None:
+    # the turn reads it itself (a regeneration, a continuation).
+    prompt: Prompt | None = None
+    # A frame for other processes' followers before the answer (the question it
+    # answers), sent with its announcement: one PUBLISH, and in that order.
+    notice: str | None = None
 
 
 class Turn:
@@ -55,6 +83,7 @@ class Turn:
         self.cancel_requested = False
         self.ended_elsewhere = False  # a Stop or a sweep ended the answer in the database
         self.resume_from = ""  # a continuation's text so far
+        self.starting: asyncio.Task[None] | None = None  # the answer's start, going out
 
     @property
     def text(self) -> str:
@@ -131,15 +160,17 @@ class Turn:
         none were offered are not run (a server that does that once made 780
         requests in one answer).
         """
-        messages = await dbpool.run(self._load_context)()
+        if self.context.prompt is None:
+            self.context.prompt = await dbpool.run(self._load_context)()
+        messages = self.context.prompt.messages
+        self.question = self.context.prompt.question
+        self.first_exchange = self.context.prompt.first_exchange
         if self.context.continuation:
             self.stream = Coalescer(self.stream.window, self._publish_delta, self.resume_from)
-        await self._publish(protocol.assistant_started(*self._ids()), mark=streams.START)
-        try:
-            # Other processes' followers read the stream from its start (the event above).
-            await delivery.announce(*self._ids())
-        except Exception as exc:  # Redis away: they learn of it by catching up
-            log.warning("answer %s: announcing it failed: %s", self.context.message_id, exc)
+        # The request to the model goes out now; the answer's start is stored in
+        # its stream and announced meanwhile, ahead of any text (the coalescer's
+        # order). Its round trips to Redis overlap the model's own first wait.
+        self.starting = await self.stream.lead(self._start)
         calls_left = settings.MAX_TOOL_CALLS_PER_TURN
         for round_number in range(1, settings.MAX_MODEL_ROUNDS + 1):
             offered = calls_left > 0 and round_number < settings.MAX_MODEL_ROUNDS
@@ -165,6 +196,14 @@ class Turn:
                 result = await self._run_tool(call, allowed=calls_left > 0)
                 calls_left -= 1
                 messages.append(llm.tool_result_message(call.call_id, result))
+
+    async def _start(self) -> None:
+        await self._send_event(protocol.assistant_started(*self._ids()), mark=streams.START)
+        try:
+            # Other processes' followers read the stream from its start (the event above).
+            await delivery.announce(*self._ids(), notice=self.context.notice)
+        except Exception as exc:  # Redis away: they learn of it by catching up
+            log.warning("answer %s: announcing it failed: %s", self.context.message_id, exc)
 
     async def _stream_round(
         self, messages: list[dict[str, Any]], *, offered: bool, after_tools: bool
@@ -202,13 +241,11 @@ class Turn:
         self.truncated = finish_reason == "length" and not calls
         return (calls or None), segment_start
 
-    def _load_context(self) -> list[dict[str, Any]]:
-        history = Conversation(pk=self.context.conversation_id).history()
+    def _load_context(self) -> Prompt:
         # The answer streams, so the history ends with the question it answers.
-        self.question = history[-1].text if history else ""
-        self.first_exchange = len(history) == 1
+        history = Conversation(pk=self.context.conversation_id).history()
         if not self.context.continuation:
-            return llm.model_messages(history)
+            return Prompt.of(history)
         # Carry on the truncated answer: its text so far is this turn's start,
         # and the model sees it, then is asked to go on from where it stopped.
         answer = Message.objects.prefetch_related("tool_invocations__images__parents").get(
@@ -217,11 +254,11 @@ class Turn:
         self.resume_from = answer.text
         self.usage = dict(answer.usage)
         self.tool_calls = len(answer.tool_invocations.all())
-        self.first_exchange = False
-        return [
+        messages = [
             *llm.model_messages([*history, answer]),
             {"role": "user", "content": llm.CONTINUE_PROMPT},
         ]
+        return Prompt(messages, question=history[-1].text if history else "", first_exchange=False)
 
     async def _run_tool(self, call: llm.ToolCallRequest, *, allowed: bool) -> dict[str, Any]:
         request: images.ImageRequest | None
@@ -328,21 +365,20 @@ class Turn:
 
     async def _publish(self, payload: str, *, mark: str = "") -> None:
         """An event, after the text before it: into the stream, then to local followers."""
+        await self.stream.then(lambda: self._send_event(payload, mark=mark))
 
-        async def send() -> None:
-            message_id = self.context.message_id
-            try:
-                await streams.streams().append_event(message_id, payload, mark=mark)
-            except Exception as exc:
-                log.warning("answer %s: the stream append failed: %s", message_id, exc)
-            event = delivery.frame_event(
-                payload,
-                starts=message_id if mark == streams.START else None,
-                ends=message_id if mark == streams.END else None,
-            )
-            await delivery.to_local(self.context.conversation_id, event)
-
-        await self.stream.then(send)
+    async def _send_event(self, payload: str, *, mark: str = "") -> None:
+        message_id = self.context.message_id
+        try:
+            await streams.streams().append_event(message_id, payload, mark=mark)
+        except Exception as exc:
+            log.warning("answer %s: the stream append failed: %s", message_id, exc)
+        event = delivery.frame_event(
+            payload,
+            starts=message_id if mark == streams.START else None,
+            ends=message_id if mark == streams.END else None,
+        )
+        await delivery.to_local(self.context.conversation_id, event)
 
     # --- endings -----------------------------------------------------------------
 

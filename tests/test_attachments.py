@@ -387,7 +387,7 @@ async def test_too_many_attachments_are_refused_as_a_frame(
 
 def sent_attachment(user: Any) -> tuple[Conversation, Message, Attachment]:
     item = upload_for(user)
-    conversation, question, _answer, _ = Conversation.objects.start_turn(
+    conversation, question, _answer, _, _ = Conversation.objects.start_turn(
         user, None, "k1", "look at this", [item.id]
     )
     item.refresh_from_db()

@@ -71,6 +71,30 @@ async def test_an_event_sent_with_then_follows_the_text_before_it() -> None:
     assert order == ["delta 0 Let me draw.", "tool.started"]
 
 
+async def test_a_slow_lead_event_goes_out_before_any_text_while_the_caller_goes_on() -> None:
+    """The answer's start is stored while the request to the model goes out: the
+    caller is not held up, and no delta overtakes the start."""
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def publish(offset: int, text: str) -> None:
+        order.append(f"delta {offset} {text}")
+
+    async def started() -> None:
+        await release.wait()  # a slow round trip to Redis
+        order.append("assistant.started")
+
+    stream = Coalescer(0, publish)
+    leading = await stream.lead(started)
+    stream.add("Hello")  # the first token comes before the start is out
+    flushing = asyncio.create_task(stream.flush())
+    done, _ = await asyncio.wait({flushing}, timeout=0.05)
+    assert not done and order == [] and not leading.done()  # the caller went on; text waits
+    release.set()
+    await asyncio.wait_for(asyncio.gather(leading, flushing), 5)
+    assert order == ["assistant.started", "delta 0 Hello"]
+
+
 async def test_a_continued_answer_goes_on_from_the_offset_it_has() -> None:
     publish = Recorder()
     stream = Coalescer(0, publish, text="The tide came ")

@@ -153,6 +153,36 @@ async def test_a_client_on_each_process_follows_the_same_answer(
     assert writer.text(answer_id) == reader.text(answer_id) == UPSTREAM
 
 
+async def test_a_tab_on_the_other_process_sees_the_question_then_its_answer(
+    clients: Any, model: OfflineModelServer
+) -> None:
+    """The question reaches the other process with the answer's announcement: in order."""
+    one, two, open_on = clients
+    writer, tab = await open_on(one), await open_on(two)
+    model.script_chat(Reply(tokens=["hello"]))
+    await writer.send("message.send", client_message_id=uuid.uuid4().hex, text="first")
+    conversation_id = (await writer.receive_until("message.accepted"))[-1]["conversation_id"]
+    await writer.receive_until("assistant.completed")
+    await tab.send("conversation.subscribe", conversation_id=conversation_id)
+    await tab.receive_until("assistant.completed")  # caught up on the first answer
+
+    model.script_chat(Reply(tokens=TOKENS, token_delay=0.01))
+    await writer.send(
+        "message.send",
+        client_message_id=uuid.uuid4().hex,
+        conversation_id=conversation_id,
+        text="and a second question",
+    )
+    answer_id = (await writer.receive_until("message.accepted"))[-1]["assistant_message_id"]
+    seen = await tab.receive_until("message.created")
+    assert seen[-1]["text"] == "and a second question"
+    assert not [f for f in seen if f.get("message_id") == answer_id], "the answer came first"
+    later = await tab.receive_until("assistant.completed")
+    assert [f["type"] for f in later if f["type"] == "assistant.started"] == ["assistant.started"]
+    assert later[-1]["message_id"] == answer_id
+    assert tab.text(answer_id) == UPSTREAM
+
+
 async def test_a_client_that_moves_to_the_other_process_resumes_exactly(
     clients: Any, model: OfflineModelServer
 ) -> None:

@@ -346,7 +346,7 @@ def test_a_finished_exchange_is_shown_without_rendering_or_writing_at_its_first_
     make_user: Any,
 ) -> None:
     alice = make_user("alice")
-    conversation, _, answer, _ = Conversation.objects.start_turn(alice, None, "k1", "hi *there*")
+    conversation, _, answer, _, _ = Conversation.objects.start_turn(alice, None, "k1", "hi *there*")
     answer.finish("complete", "Hi **you**", invocations=[])  # as a turn ends
     client = logged_in(alice)
     with CaptureQueriesContext(connection) as captured:

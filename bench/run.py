@@ -135,7 +135,8 @@ async def crowd(
     spy = None
     answer_seconds = upstream_ttft + tokens * 0.02
     if profile is not None:
-        spy = _py_spy(pids[0], ramp + answer_seconds + 1, profile)
+        # A flash crowd's turn starts take longer than one answer: 20 ms each at most.
+        spy = _py_spy(pids[0], ramp + answer_seconds + 1 + 0.02 * streams, profile)
     timeout = answer_seconds * 4 + ramp + 60
     start = asyncio.Event()
 

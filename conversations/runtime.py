@@ -39,7 +39,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations import dbpool, deletions, delivery, instances, protocol, streams
+from conversations import dbpool, deletions, delivery, instances, llm, protocol, streams
 from conversations.models import Message
 from conversations.turns import Turn, TurnContext
 
@@ -142,6 +142,10 @@ async def stop(grace: float | None = None) -> None:
         with contextlib.suppress(Exception):
             await leases.release()
     await asyncio.to_thread(dbpool.close)
+    try:
+        await llm.close_clients()
+    except Exception as exc:  # the process ends anyway: its sockets close with it
+        log.warning("closing the model clients failed: %s", exc)
 
 
 def _stop_with_the_server() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,6 +305,24 @@ def uuid_hex() -> str:
 def bucket_keys(client: Any) -> list[str]:
     listing = client.list_objects_v2(Bucket=client.bucket_name)
     return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+@pytest.fixture
+async def close_model_clients() -> AsyncIterator[None]:
+    """Close the model clients a test's event loop opened (each loop has its own)."""
+    yield
+    from conversations import llm
+
+    await llm.close_clients()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # For the async tests only: an async fixture would give every sync test an
+    # event loop of its own too.
+    for item in items:
+        function = getattr(item, "function", None)
+        if inspect.iscoroutinefunction(function):
+            item.fixturenames.append("close_model_clients")  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -80,3 +80,30 @@ def test_no_url_or_bytes_reach_the_model(make_user: Any) -> None:
     answer = answer_with_calls(make_user, "x", [1])
     sent = json.dumps(llm.model_messages([answer.reply_to, answer]))
     assert "/images/" not in sent and "base64" not in sent and "http" not in sent
+
+
+def test_the_request_body_is_what_the_sdk_would_send_itself(make_user: Any) -> None:
+    """stream_chat posts its body as built (conversations/llm.py says why): the SDK's
+    own create() would walk it against its types first. For every shape we send
+    (tool rounds, image parts of a vision question, the tools), that walk must
+    change nothing, or the bypass would send something create() would not."""
+    from openai._utils import maybe_transform
+    from openai.types.chat.completion_create_params import CompletionCreateParamsStreaming
+
+    from conversations import images
+
+    answer = answer_with_calls(make_user, "Let me draw.Here it is.", [12])
+    messages = llm.model_messages([answer.reply_to, answer])
+    messages.append(
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "and this one\n\n[image attachment 1]"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}},
+            ],
+        }
+    )
+    body = llm.chat_request(messages, images.tool_schemas())
+    assert body["tools"] and body["messages"][2]["tool_calls"]
+    sent = maybe_transform(body, CompletionCreateParamsStreaming)  # create()'s, sync
+    assert sent == body

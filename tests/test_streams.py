@@ -27,6 +27,26 @@ async def test_a_file_stream_gives_back_every_piece_exactly(tmp_path: Path) -> N
     assert streams.deltas(7) == [] and not list(tmp_path.iterdir())
 
 
+async def test_more_answers_than_open_files_keep_every_piece_and_leave_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streaming answer's file stays open until its end; past the bound, per delta."""
+    monkeypatch.setattr("conversations.streams.OPEN_FILES", 2)
+    streams = FileStreams(str(tmp_path))
+    descriptors = len(os.listdir("/proc/self/fd"))
+    answers = range(20, 25)
+    for offset, text in PIECES:
+        for answer in answers:  # interleaved, as concurrent answers write
+            await streams.append(answer, offset, text)
+    for answer in answers:
+        assert streams.deltas(answer) == PIECES
+    assert len(os.listdir("/proc/self/fd")) == descriptors + 2
+    for answer in answers:
+        await streams.finish(answer)
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert not list(tmp_path.iterdir())
+
+
 async def test_a_line_cut_by_the_crash_is_skipped(tmp_path: Path) -> None:
     streams = FileStreams(str(tmp_path))
     await streams.append(8, 0, "whole")
@@ -49,6 +69,19 @@ async def test_a_redis_stream_gives_back_every_piece_and_expires_after_the_end()
     ttl = streams.sync.ttl(streams.key(9))
     assert 0 < ttl <= 300
     streams.sync.delete(streams.key(9))
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="needs REDIS_URL (the PostgreSQL + Redis run sets it)")
+async def test_a_redis_stream_whose_end_is_lost_still_expires() -> None:
+    """The expiry is set with the answer's start; the deltas after it keep it."""
+    assert REDIS_URL
+    streams = RedisStreams(REDIS_URL, f"chatimg-test-streams-{uuid.uuid4().hex[:8]}")
+    await streams.append_event(11, '{"type":"assistant.started"}', mark="start")
+    for offset, text in PIECES:
+        await streams.append(11, offset, text)
+    assert 0 < streams.sync.ttl(streams.key(11)) <= 86_400
+    assert streams.deltas(11) == PIECES
+    streams.sync.delete(streams.key(11))
 
 
 @pytest.mark.skipif(not REDIS_URL, reason="needs REDIS_URL (the PostgreSQL + Redis run sets it)")

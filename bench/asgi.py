@@ -10,7 +10,11 @@ so reading it costs no query. ``/__bench/probes`` reports event-loop stalls (a 5
 ticker) and garbage-collection pauses (``gc.callbacks``) the same way, and the
 phases of each generated image (``images``: wall time at which the image API
 call returned its bytes, decode and upload durations, keyed by the bench id in
-the prompt). The image probe wraps three functions of ``conversations``
+the prompt), and with ``BENCH_PHASES=1`` the phases of every turn start
+(``turn_phases``: first / p50 / last wall-clock ms from the first stamp, for
+the consumer's handler, its database trip, the acceptance, the turn's context
+read, its stream append, announcement and model request; the wrappers change
+nothing else). The image probe wraps three functions of ``conversations``
 (``llm.generate_images``, ``images.decode``, ``images._upload``) with timers and
 changes nothing else. Nothing else about the app changes, unless
 ``BENCH_PATCHES`` names "what-if" patches (bench/patches.py).

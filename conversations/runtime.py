@@ -141,11 +141,11 @@ async def stop(grace: float | None = None) -> None:
         # Everything it ran is stored: the others need not wait for the lease to lapse.
         with contextlib.suppress(Exception):
             await leases.release()
-    await asyncio.to_thread(dbpool.close)
     try:
         await llm.close_clients()
     except Exception as exc:  # the process ends anyway: its sockets close with it
         log.warning("closing the model clients failed: %s", exc)
+    await asyncio.to_thread(dbpool.close)  # last: nothing after it may open a connection
 
 
 def _stop_with_the_server() -> None:

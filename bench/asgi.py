@@ -12,8 +12,9 @@ phases of each generated image (``images``: wall time at which the image API
 call returned its bytes, decode and upload durations, keyed by the bench id in
 the prompt), and with ``BENCH_PHASES=1`` the phases of every turn start
 (``turn_phases``: first / p50 / last wall-clock ms from the first stamp, for
-the consumer's handler, its database trip, the acceptance, the turn's context
-read, its stream append, announcement and model request; the wrappers change
+the consumer's handler, its database trip, the acceptance, its group join,
+the launch, the turn's context read (regenerations), its stream append,
+announcement and model request; the wrappers change
 nothing else). The image probe wraps three functions of ``conversations``
 (``llm.generate_images``, ``images.decode``, ``images._upload``) with timers and
 changes nothing else. Nothing else about the app changes, unless
@@ -179,7 +180,6 @@ def _probe_turn_start() -> None:
     around(consumers.ChatConsumer, "_begin_turn", "2 begin_turn (db)")
     around(consumers.ChatConsumer, "_accept", "3 accept")
     around(consumers.ChatConsumer, "_follow_own_turn", "3a follow (group_add)")
-    around(consumers.runtime, "publish", "3b publish created")
     around(consumers.runtime, "launch", "3c launch")
     around(turns.delivery, "announce", "4b announce")
     around(turns.streams.RedisStreams, "append_event", "4a stream append_event")

@@ -115,11 +115,9 @@ def frame_event(
     return event
 
 
-async def publish(
-    conversation_id: uuid.UUID, event: dict[str, Any], skip: LocalFollower | None = None
-) -> None:
+async def publish(conversation_id: uuid.UUID, event: dict[str, Any]) -> None:
     """A conversation event for every follower: in-process here, the group for the others."""
-    await to_local(conversation_id, event, skip)
+    await to_local(conversation_id, event)
     try:
         await get_channel_layer().group_send(
             protocol.group_name(conversation_id), {**event, "origin": instances.INSTANCE}

@@ -190,12 +190,9 @@ async def launch(context: TurnContext) -> Turn:
     return turn
 
 
-async def publish(
-    conversation_id: uuid.UUID, frame: str, *, skip: delivery.LocalFollower | None = None
-) -> None:
-    """Send one protocol frame to everyone following the conversation, on any process
-    (but `skip`, a socket of this process that has it already)."""
-    await delivery.publish(conversation_id, delivery.frame_event(frame), skip=skip)
+async def publish(conversation_id: uuid.UUID, frame: str) -> None:
+    """Send one protocol frame to everyone following the conversation, on any process."""
+    await delivery.publish(conversation_id, delivery.frame_event(frame))
 
 
 def running(conversation_id: uuid.UUID) -> Turn | None:

@@ -159,10 +159,11 @@ async def test_a_tab_on_the_other_process_sees_the_question_then_its_answer(
     """The question reaches the other process with the answer's announcement: in order."""
     one, two, open_on = clients
     writer, tab = await open_on(one), await open_on(two)
-    model.script_chat(Reply(tokens=["hello"]))
+    # The first answer, then the title request that follows a first exchange.
+    model.script_chat(Reply(tokens=["hello"]), Reply(tokens=["Greetings"]))
     await writer.send("message.send", client_message_id=uuid.uuid4().hex, text="first")
     conversation_id = (await writer.receive_until("message.accepted"))[-1]["conversation_id"]
-    await writer.receive_until("assistant.completed")
+    await writer.receive_until("conversation.updated")  # titled: both scripts are used
     await tab.send("conversation.subscribe", conversation_id=conversation_id)
     await tab.receive_until("assistant.completed")  # caught up on the first answer
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q, Subquery
+from django.db.models import OuterRef, Q, Subquery
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.urls import reverse
@@ -145,16 +145,24 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
 
         A fixed number of queries whatever the length: the messages with their
         conversation (one JOIN; a query of its own only when no message
-        matched), the branch tree (ids only, for "2 / 3"), and one prefetch each
-        for the invocations, their images, the images' parents and the
-        questions' attachments.
+        matched) and one prefetch each for the invocations and their images.
+        What only some chats have costs a query only where the page has it (the
+        messages' and images' rows say whether, in EXISTS columns of the same
+        queries): the branch tree for "2 / 3", the images' parents ("edited
+        from"), the questions' attachments.
         """
         rows = Message.objects.filter(conversation_id=pk, conversation__user=user, active=True)
         if before is not None:
             rows = rows.filter(pk__lt=before)
+        images = GeneratedImage.objects.annotate(
+            edited=models.Exists(
+                GeneratedImage.parents.through.objects.filter(from_generatedimage=OuterRef("pk"))
+            )
+        )
         messages = list(
             rows.select_related("conversation")
-            .prefetch_related("tool_invocations__images__parents", "attachments")
+            .annotate(branched=_has_siblings(), attached=_has_attachments())
+            .prefetch_related(models.Prefetch("tool_invocations__images", queryset=images))
             .order_by("-id")[: limit + 1]
         )
         earlier = len(messages) > limit
@@ -165,7 +173,20 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
         conversation = messages[0].conversation
         for message in messages:
             message.conversation = conversation  # one instance, not one per row
-        return conversation, _with_versions(messages, conversation._tree()), earlier
+        _prefetch_where(messages, "attachments", lambda message: message.attached)
+        shown = [
+            image
+            for m in messages
+            for call in m.tool_invocations.all()
+            for image in call.images.all()
+        ]
+        _prefetch_where(shown, "parents", lambda image: image.edited)
+        branched = any(m.branched for m in messages)  # type: ignore[attr-defined]
+        return (
+            conversation,
+            _with_versions(messages, conversation._tree() if branched else {}),
+            earlier,
+        )
 
     def page(
         self, cursor: tuple[Any, uuid.UUID] | None, size: int
@@ -541,6 +562,44 @@ def _latest_descent(tree: dict[int, _Node], start: int) -> list[int]:
     return path
 
 
+def _has_siblings() -> models.Case:
+    """A message's EXISTS column: another message has its parent (or is, like it,
+    a first question): the message has versions, the page needs the tree."""
+    others = Message.objects.exclude(pk=OuterRef("pk"))
+    # A parent's children by the parent_id index alone (its conversation is
+    # implied; a second index in the condition made PostgreSQL AND two scans).
+    roots = others.filter(conversation_id=OuterRef("conversation_id"), parent__isnull=True)
+    return models.Case(
+        models.When(parent__isnull=True, then=models.Exists(roots)),
+        default=models.Exists(others.filter(parent_id=OuterRef("parent_id"))),
+        output_field=models.BooleanField(),
+    )
+
+
+def _has_attachments() -> models.Exists:
+    return models.Exists(Attachment.objects.filter(message=OuterRef("pk")))
+
+
+def _prefetch_where(objects: list[Any], relation: str, has_rows: Callable[[Any], bool]) -> None:
+    """prefetch_related_objects for the objects that have related rows; the others
+    are told they have none (what a prefetch stores), without a query."""
+    wanted = [obj for obj in objects if has_rows(obj)]
+    if wanted:
+        models.prefetch_related_objects(wanted, relation)
+    for obj in objects:
+        if not has_rows(obj):
+            _know_related(obj, relation, [])
+
+
+def _know_related(obj: Any, relation: str, rows: list[Any]) -> None:
+    """Store `rows` as `obj`'s prefetched `relation`, as prefetch_related_objects does."""
+    related = getattr(obj, relation).all()
+    related._result_cache = rows
+    related._prefetch_done = True
+    cache = obj.__dict__.setdefault("_prefetched_objects_cache", {})
+    cache[relation] = related
+
+
 def _with_versions(messages: list[Message], tree: dict[int, _Node]) -> list[Message]:
     siblings: dict[int | None, list[int]] = {}
     for node in sorted(tree.values(), key=lambda n: n.id):
@@ -807,10 +866,7 @@ class Message(models.Model):
         reading them (its frames, the model's context) needs no query. This is
         what prefetch_related_objects stores, without asking the database.
         """
-        attached = self.attachments.all()
-        attached._result_cache = list(uploads)
-        attached._prefetch_done = True  # type: ignore[attr-defined]
-        self._prefetched_objects_cache = {"attachments": attached}
+        _know_related(self, "attachments", list(uploads))
 
     def body_html(self, invocations: list[ToolInvocation] | None = None) -> str:
         return rendering.message_html(self, invocations)

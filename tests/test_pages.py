@@ -12,7 +12,13 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from conversations import rendering
-from conversations.models import Conversation, GeneratedImage, Message, ToolInvocation
+from conversations.models import (
+    Attachment,
+    Conversation,
+    GeneratedImage,
+    Message,
+    ToolInvocation,
+)
 from conversations.views import MESSAGES_PER_PAGE
 
 pytestmark = pytest.mark.django_db
@@ -193,10 +199,10 @@ def test_the_favicon_that_admin_pages_ask_for_is_served_to_anyone(client: Client
     assert "max-age=86400" in response["Cache-Control"]
 
 
-def long_chat(user: Any, messages: int, images: int) -> Conversation:
+def long_chat(user: Any, messages: int, images: int, *, edits: bool = True) -> Conversation:
     """A chat of `messages` messages (question, Markdown answer, ...), `images` of whose
     answers made two images in one call, each call's first image edited from the
-    call before (its parent)."""
+    call before (its parent) when `edits`."""
     conversation = Conversation.objects.create(user=user, title="A long chat")
     parent: Message | None = None
     for n in range(messages):
@@ -235,7 +241,7 @@ def long_chat(user: Any, messages: int, images: int) -> Conversation:
             )
             for n in range(2)
         ]
-        if previous is not None:
+        if previous is not None and edits:
             made[0].parents.add(previous)
         previous = made[0]
     return conversation
@@ -253,22 +259,69 @@ def test_a_long_chat_opens_with_its_latest_messages_in_a_fixed_number_of_queries
 ) -> None:
     alice = make_user("alice")
     long = long_chat(alice, 500, 100)
-    short = long_chat(alice, 2, 1)
+    short = long_chat(alice, 4, 2)
     client = logged_in(alice)
     client.get(long.get_absolute_url())  # the first view stores the rendered HTML
     client.get(short.get_absolute_url())
     count, html = queries_of(client, long.get_absolute_url())
     # Session (none when it is read from the cache, i.e. with Redis), user, sidebar,
-    # messages with their conversation, the branch tree (for "2 / 3"), tool
-    # invocations, their images, the images' parents, the questions' attachments, quota.
+    # messages with their conversation, tool invocations, their images, the
+    # images' parents (this chat has edits), quota.
     session_reads = 0 if "cached_db" in settings.SESSION_ENGINE else 1
-    assert count <= 9 + session_reads
+    assert count == 7 + session_reads
     assert queries_of(client, short.get_absolute_url())[0] == count
     # The latest messages, the last answer included; the first ones on demand.
     assert len(re.findall(r'<article [^>]*data-message-id="\d+"', html)) == MESSAGES_PER_PAGE
     assert "Answer <strong>499</strong>" in html and "Question 0?" not in html
     assert 'id="load-earlier"' in html and "/images/" in html
     assert "Edited from" in html or "edited from" in html
+
+
+def test_what_a_chat_does_not_have_costs_its_page_no_query(make_user: Any, settings: Any) -> None:
+    alice = make_user("alice")
+    chat = long_chat(alice, 80, 10, edits=False)
+    client = logged_in(alice)
+    client.get(chat.get_absolute_url())  # the first view stores the rendered HTML
+    session_reads = 0 if "cached_db" in settings.SESSION_ENGINE else 1
+    # No versions, no edits, no attachments on the page: user, sidebar, messages,
+    # invocations, images, quota.
+    count, html = queries_of(client, chat.get_absolute_url())
+    assert count == 6 + session_reads
+    assert "/images/" in html and "Edited from" not in html
+    assert not re.search(r'class="versions-label">\d', html)  # no "2 / 3" anywhere
+    assert 'href="/attachments/' not in html
+
+    # Each of them, where the page shows it, costs its own query and is shown.
+    question = chat.messages.filter(role="user", active=True).order_by("-id").first()
+    assert question is not None
+    picture = Attachment.objects.create(
+        owner=alice,
+        conversation=chat,
+        message=question,
+        file="attachments/a.png",
+        format="png",
+        width=8,
+        height=8,
+        bytes=10,
+        sha256="0" * 64,
+    )
+    count, html = queries_of(client, chat.get_absolute_url())
+    assert count == 7 + session_reads and f'href="/attachments/{picture.id}/"' in html
+
+    # The two newest answers' pictures (the fixture draws from the end first).
+    first, second = GeneratedImage.objects.filter(conversation=chat, index=0).order_by(
+        "created_at"
+    )[:2]
+    first.parents.add(second)
+    count, html = queries_of(client, chat.get_absolute_url())
+    assert count == 8 + session_reads and "Edited from" in html
+
+    chat.begin_edit(question.pk, "The same question, asked again", "edit-1")
+    chat.messages.get(active=True, role="assistant", status="streaming").finish("complete", "A")
+    chat.switch_branch(question.pk)  # back to the branch with the images
+    count, html = queries_of(client, chat.get_absolute_url())
+    assert count == 9 + session_reads
+    assert re.search(r'class="versions-label">1 / 2<', html) and "/images/" in html
 
 
 def test_earlier_messages_load_page_by_page_each_once_and_in_order(make_user: Any) -> None:

@@ -61,6 +61,57 @@ def rebuild(base: str, deltas: list[tuple[int, str]]) -> str:
     return text
 
 
+class _Writes:
+    """The stream entries of every answer on one event loop, written together:
+    those queued while a pipeline is out go in the next one, one round trip
+    for all of them (one XADD per call was a round trip per delta per answer).
+
+    Each caller awaits its own entry's write, so a crash still loses at most
+    the delta not yet written. An answer's entries keep their order: its turn
+    awaits each before the next (the coalescer's lock), and pipelines go out
+    one at a time.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.queued: list[tuple[str, dict[str, Any], asyncio.Future[None]]] = []
+        self.writing: asyncio.Task[None] | None = None
+
+    async def add(self, key: str, fields: dict[str, Any]) -> None:
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queued.append((key, fields, written))
+        if self.writing is None:
+            self.writing = asyncio.create_task(self._write())
+        await written
+
+    async def _write(self) -> None:
+        try:
+            while self.queued:
+                batch, self.queued = self.queued, []
+                try:
+                    results = await self._send([(key, fields) for key, fields, _ in batch])
+                except Exception as exc:  # Redis away: every caller of this batch hears it
+                    results = [exc] * len(batch)
+                for (_, _, written), result in zip(batch, results, strict=True):
+                    if written.done():  # its caller was cancelled meanwhile
+                        continue
+                    if isinstance(result, Exception):
+                        written.set_exception(result)
+                    else:
+                        written.set_result(None)
+        finally:
+            self.writing = None
+
+    async def _send(self, entries: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        if len(entries) == 1:  # alone (a quiet server): a command costs less than a pipeline
+            key, fields = entries[0]
+            return [await self.client.xadd(key, fields, maxlen=MAX_DELTAS, approximate=True)]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, fields in entries:
+                pipe.xadd(key, fields, maxlen=MAX_DELTAS, approximate=True)
+            return list(await pipe.execute(raise_on_error=False))
+
+
 class RedisStreams:
     def __init__(self, url: str, prefix: str) -> None:
         import redis
@@ -71,6 +122,8 @@ class RedisStreams:
         # An asyncio client belongs to the event loop that made it.
         self._live: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]
         self._live = weakref.WeakKeyDictionary()
+        self._writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writes]
+        self._writes = weakref.WeakKeyDictionary()
 
     @property
     def live(self) -> Any:
@@ -81,19 +134,25 @@ class RedisStreams:
             self._live[loop] = redis.asyncio.Redis.from_url(self.url)
         return self._live[loop]
 
+    @property
+    def writes(self) -> _Writes:
+        loop = asyncio.get_running_loop()
+        if loop not in self._writes:
+            self._writes[loop] = _Writes(self.live)
+        return self._writes[loop]
+
     def key(self, message_id: int) -> str:
         return f"{self.prefix}:answer:{message_id}"
 
     async def append(self, message_id: int, offset: int, text: str) -> None:
-        # One command per delta: the key's expiry came with its start (XADD keeps it).
-        fields = {"o": offset, "t": text}
-        await self.live.xadd(self.key(message_id), fields, maxlen=MAX_DELTAS, approximate=True)
+        # The key's expiry came with the answer's start (XADD keeps it).
+        await self.writes.add(self.key(message_id), {"o": offset, "t": text})
 
     async def append_event(self, message_id: int, frame: str, *, mark: str = "") -> None:
         key = self.key(message_id)
         fields = {"f": frame, "x": mark} if mark else {"f": frame}
         if mark != START:
-            await self.live.xadd(key, fields, maxlen=MAX_DELTAS, approximate=True)
+            await self.writes.add(key, fields)
             return
         async with self.live.pipeline(transaction=False) as pipe:
             pipe.xadd(key, fields, maxlen=MAX_DELTAS, approximate=True)

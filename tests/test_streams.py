@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
 from conversations.streams import FileStreams, RedisStreams, rebuild
+from tests.servers import free_port
 
 PIECES = [(0, "Héllo\n"), (6, "wörld \\ "), (14, "🙂 tabs\tand\r\nlines")]
 
@@ -113,3 +117,42 @@ async def test_a_reader_on_another_process_gets_text_and_events_in_order_by_posi
     # Recovery and catch-up see the text alone.
     assert writer.deltas(10) == await reader.read_deltas(10) == PIECES
     writer.sync.delete(writer.key(10))
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="needs REDIS_URL (the PostgreSQL + Redis run sets it)")
+async def test_many_answers_writing_at_once_share_round_trips_and_keep_their_order() -> None:
+    """Appends queued while a write is out go together; each answer's stay in order."""
+    assert REDIS_URL
+    streams = RedisStreams(REDIS_URL, f"chatimg-test-streams-{uuid.uuid4().hex[:8]}")
+    sent: list[int] = []
+    send = streams.writes._send
+
+    async def counted(entries: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        sent.append(len(entries))
+        return await send(entries)
+
+    streams.writes._send = counted  # type: ignore[method-assign]
+
+    async def answer(message_id: int) -> None:
+        for n in range(20):
+            await streams.append(message_id, n * 3, f"{n:02d} ")
+
+    ids = range(100, 150)
+    await asyncio.gather(*(answer(i) for i in ids))
+    for i in ids:
+        assert streams.deltas(i) == [(n * 3, f"{n:02d} ") for n in range(20)]
+        streams.sync.delete(streams.key(i))
+    assert sum(sent) == 50 * 20
+    assert len(sent) < 50 * 20 / 10, f"{len(sent)} round trips for {sum(sent)} appends"
+
+
+async def test_when_redis_is_away_every_waiting_append_hears_it() -> None:
+    streams = RedisStreams(f"redis://127.0.0.1:{free_port()}/0", "chatimg-test-away")
+    results = await asyncio.gather(
+        *(streams.append(i, 0, "lost") for i in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(result, redis.ConnectionError) for result in results), results
+    # Nothing is left queued or stuck: the next append tries again (and fails again).
+    assert not streams.writes.queued and streams.writes.writing is None
+    with pytest.raises(redis.ConnectionError):
+        await asyncio.wait_for(streams.append(9, 0, "again"), timeout=10)

@@ -14,7 +14,7 @@ import logging
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import connections
 
 from conversations.models import Attachment, PendingDeletion
 
@@ -27,7 +27,10 @@ def _retry_once() -> int:
         Attachment.objects.purge_unattached()
         return PendingDeletion.objects.retry_due()
     finally:
-        close_old_connections()  # this worker thread's connection must not go stale
+        # A thread of the loop's executor, not a database thread: its connection
+        # ends with the work. Kept (CONN_MAX_AGE), it sat idle until the process
+        # ended, one per executor thread that had run a retry.
+        connections.close_all()
 
 
 async def retry_forever() -> None:

@@ -7,6 +7,7 @@ frames, what goes back to the model) is checked, not only the stream reader.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import socket as sockets
 from typing import Any
@@ -16,7 +17,7 @@ from channels.db import database_sync_to_async
 
 from conversations import llm
 from conversations.models import Conversation, GeneratedImage, Message
-from offline_model import Fail, ImageReply, Reply, ToolCall
+from offline_model import Fail, ImageReply, Reply, ToolCall, render_image
 from tests.conftest import text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -368,3 +369,25 @@ async def test_a_server_that_cannot_stream_a_tool_call_is_asked_again_without_st
     assert follow_up["stream"] is True
     assert text_of(frames, frames[-1]["message_id"]) == "Here is your lighthouse."
     assert await GeneratedImage.objects.acount() == 1
+
+
+@pytest.mark.parametrize(
+    "b64_json",
+    [
+        "iVBORw0KGgo!",  # a character outside the alphabet
+        "iVBORw0K\nGgo=",  # whitespace inside
+        "=iVBORw0KGgo",  # padding first
+        "iVBORw0KGgo",  # cut short (not a multiple of four)
+        "iVBORw0KGg===",  # too much padding
+    ],
+)
+async def test_base64_a_provider_garbled_is_refused_as_corrupt(b64_json: str) -> None:
+    with pytest.raises(llm.ImageAPIError) as refused:
+        await llm._picture(b64_json, None, None)
+    assert refused.value.code == "image_corrupt"
+
+
+async def test_base64_a_provider_sent_whole_is_the_picture_byte_for_byte() -> None:
+    png = render_image("a lighthouse", 1024, 1024)
+    picture = await llm._picture(base64.b64encode(png).decode("ascii"), None, "revised")
+    assert picture.data == png and picture.revised_prompt == "revised"

@@ -85,6 +85,7 @@ class _Writes:
         await written
 
     async def _write(self) -> None:
+        batch: list[tuple[str, dict[str, Any], asyncio.Future[None]]] = []
         try:
             while self.queued:
                 batch, self.queued = self.queued, []
@@ -101,6 +102,9 @@ class _Writes:
                         written.set_result(None)
         finally:
             self.writing = None
+            for _, _, written in batch:  # only if this task was cancelled (the loop closes)
+                if not written.done():
+                    written.cancel()
 
     async def _send(self, entries: list[tuple[str, dict[str, Any]]]) -> list[Any]:
         if len(entries) == 1:  # alone (a quiet server): a command costs less than a pipeline

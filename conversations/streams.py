@@ -102,7 +102,10 @@ class _Writes:
                         written.set_result(None)
         finally:
             self.writing = None
-            for _, _, written in batch:  # only if this task was cancelled (the loop closes)
+            # Left waiting only if this task was cancelled (the loop closes): the
+            # batch that was out and what was queued meanwhile are cancelled too.
+            left, self.queued = batch + self.queued, []
+            for _, _, written in left:
                 if not written.done():
                     written.cancel()
 

@@ -379,6 +379,8 @@ async def test_a_server_that_cannot_stream_a_tool_call_is_asked_again_without_st
         "=iVBORw0KGgo",  # padding first
         "iVBORw0KGgo",  # cut short (not a multiple of four)
         "iVBORw0KGg===",  # too much padding
+        "QUJDé",  # a letter outside ASCII
+        "🙂🙂🙂🙂",  # and outside Latin-1
     ],
 )
 async def test_base64_a_provider_garbled_is_refused_as_corrupt(b64_json: str) -> None:

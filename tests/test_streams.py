@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from conversations.streams import FileStreams, RedisStreams, rebuild
+from conversations.streams import FileStreams, RedisStreams, _Writes, rebuild
 from tests.servers import free_port
 
 PIECES = [(0, "Héllo\n"), (6, "wörld \\ "), (14, "🙂 tabs\tand\r\nlines")]
@@ -156,3 +156,26 @@ async def test_when_redis_is_away_every_waiting_append_hears_it() -> None:
     assert not streams.writes.queued and streams.writes.writing is None
     with pytest.raises(redis.ConnectionError):
         await asyncio.wait_for(streams.append(9, 0, "again"), timeout=10)
+
+
+async def test_a_writer_cancelled_mid_write_leaves_no_append_waiting() -> None:
+    """Only when the loop closes is the writer cancelled: then every append it
+    held, sent or queued, ends (cancelled) instead of waiting for ever."""
+    sending = asyncio.Event()
+
+    class SlowClient:  # a Redis that never answers: the fault is hard to provoke
+        async def xadd(self, *args: Any, **kwargs: Any) -> bytes:
+            sending.set()
+            await asyncio.Event().wait()
+            return b"0-1"
+
+    writes = _Writes(SlowClient())
+    first = asyncio.create_task(writes.add("k1", {"o": 0, "t": "a"}))
+    await asyncio.wait_for(sending.wait(), timeout=5)
+    second = asyncio.create_task(writes.add("k2", {"o": 0, "t": "b"}))
+    await asyncio.sleep(0)  # queued behind the write that is out
+    assert writes.writing is not None
+    writes.writing.cancel()
+    done, _ = await asyncio.wait({first, second}, timeout=5)
+    assert done == {first, second} and all(task.cancelled() for task in done)
+    assert not writes.queued and writes.writing is None

@@ -13,6 +13,7 @@ import redis
 
 from conversations.streams import FileStreams, RedisStreams, _Writes, rebuild
 from tests.servers import free_port
+from tests.waiting import eventually
 
 PIECES = [(0, "Héllo\n"), (6, "wörld \\ "), (14, "🙂 tabs\tand\r\nlines")]
 
@@ -173,7 +174,11 @@ async def test_a_writer_cancelled_mid_write_leaves_no_append_waiting() -> None:
     first = asyncio.create_task(writes.add("k1", {"o": 0, "t": "a"}))
     await asyncio.wait_for(sending.wait(), timeout=5)
     second = asyncio.create_task(writes.add("k2", {"o": 0, "t": "b"}))
-    await asyncio.sleep(0)  # queued behind the write that is out
+
+    async def queued() -> bool:  # behind the write that is out
+        return bool(writes.queued)
+
+    await eventually(queued, timeout=5, what="the second append's queueing")
     assert writes.writing is not None
     writes.writing.cancel()
     done, _ = await asyncio.wait({first, second}, timeout=5)

@@ -134,7 +134,9 @@ async def open_socket(
         cookie = await sync_to_async(session_cookie)(user)
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
-    connected, code = await communicator.connect()
+    # The handshake's deadline: the communicator's default (1 s) was missed once on
+    # a loaded two-core machine (the PostgreSQL + Redis run, S3 server beside it).
+    connected, code = await communicator.connect(timeout=10)
     return connected, (ChatSocket(communicator) if connected else code)
 
 

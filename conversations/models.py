@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, models, transaction
 from django.db.models import OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.urls import reverse
@@ -1378,11 +1379,22 @@ class ImageQuotaManager(models.Manager["ImageQuota"]):
             used=models.F("used") - count
         )
 
-    def remaining(self, user: Any) -> int | None:
+    def remaining(self, user: Any, used: int | None = None) -> int | None:
+        """Images left today (None: unlimited); `used`, when a query read it already."""
         if user.is_staff:
             return None
-        quota = self.filter(user=user, day=timezone.now().date()).first()
-        return settings.IMAGES_PER_DAY - (quota.used if quota else 0)
+        if used is None:
+            quota = self.filter(user=user, day=timezone.now().date()).first()
+            used = quota.used if quota else 0
+        return settings.IMAGES_PER_DAY - used
+
+    def used_today(self, user: Any) -> Coalesce:
+        """Today's count as a column for another query of the user's (0 without a row).
+
+        Uncorrelated, so PostgreSQL and SQLite compute it once per query, not per row.
+        """
+        today = self.filter(user=user, day=timezone.now().date()).values("used")[:1]
+        return Coalesce(Subquery(today), 0)
 
 
 class ImageQuota(models.Model):

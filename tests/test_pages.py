@@ -16,6 +16,7 @@ from conversations.models import (
     Attachment,
     Conversation,
     GeneratedImage,
+    ImageQuota,
     Message,
     ToolInvocation,
 )
@@ -264,11 +265,11 @@ def test_a_long_chat_opens_with_its_latest_messages_in_a_fixed_number_of_queries
     client.get(long.get_absolute_url())  # the first view stores the rendered HTML
     client.get(short.get_absolute_url())
     count, html = queries_of(client, long.get_absolute_url())
-    # Session (none when it is read from the cache, i.e. with Redis), user, sidebar,
-    # messages with their conversation, tool invocations, their images, the
-    # images' parents (this chat has edits), quota.
+    # Session (none when it is read from the cache, i.e. with Redis), user, sidebar
+    # with today's image count, messages with their conversation, tool invocations,
+    # their images, the images' parents (this chat has edits).
     session_reads = 0 if "cached_db" in settings.SESSION_ENGINE else 1
-    assert count == 7 + session_reads
+    assert count == 6 + session_reads
     assert queries_of(client, short.get_absolute_url())[0] == count
     # The latest messages, the last answer included; the first ones on demand.
     assert len(re.findall(r'<article [^>]*data-message-id="\d+"', html)) == MESSAGES_PER_PAGE
@@ -283,10 +284,12 @@ def test_what_a_chat_does_not_have_costs_its_page_no_query(make_user: Any, setti
     client = logged_in(alice)
     client.get(chat.get_absolute_url())  # the first view stores the rendered HTML
     session_reads = 0 if "cached_db" in settings.SESSION_ENGINE else 1
-    # No versions, no edits, no attachments on the page: user, sidebar, messages,
-    # invocations, images, quota.
+    ImageQuota.objects.reserve(alice, 3)
+    # No versions, no edits, no attachments on the page: user, sidebar (with
+    # today's image count), messages, invocations, images.
     count, html = queries_of(client, chat.get_absolute_url())
-    assert count == 6 + session_reads
+    assert count == 5 + session_reads
+    assert f"{settings.IMAGES_PER_DAY - 3} images left today" in html
     assert "/images/" in html and "Edited from" not in html
     assert not re.search(r'class="versions-label">\d', html)  # no "2 / 3" anywhere
     assert 'href="/attachments/' not in html
@@ -306,7 +309,7 @@ def test_what_a_chat_does_not_have_costs_its_page_no_query(make_user: Any, setti
         sha256="0" * 64,
     )
     count, html = queries_of(client, chat.get_absolute_url())
-    assert count == 7 + session_reads and f'href="/attachments/{picture.id}/"' in html
+    assert count == 6 + session_reads and f'href="/attachments/{picture.id}/"' in html
 
     # The two newest answers' pictures (the fixture draws from the end first).
     first, second = GeneratedImage.objects.filter(conversation=chat, index=0).order_by(
@@ -314,14 +317,41 @@ def test_what_a_chat_does_not_have_costs_its_page_no_query(make_user: Any, setti
     )[:2]
     first.parents.add(second)
     count, html = queries_of(client, chat.get_absolute_url())
-    assert count == 8 + session_reads and "Edited from" in html
+    assert count == 7 + session_reads and "Edited from" in html
 
     chat.begin_edit(question.pk, "The same question, asked again", "edit-1")
     chat.messages.get(active=True, role="assistant", status="streaming").finish("complete", "A")
     chat.switch_branch(question.pk)  # back to the branch with the images
     count, html = queries_of(client, chat.get_absolute_url())
-    assert count == 9 + session_reads
+    assert count == 8 + session_reads
     assert re.search(r'class="versions-label">1 / 2<', html) and "/images/" in html
+
+
+def test_the_page_shows_the_images_left_today_with_or_without_chats(
+    make_user: Any, settings: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    alice, bob = make_user("alice"), make_user("bob")
+    client = logged_in(alice)
+    limit = settings.IMAGES_PER_DAY
+    assert f"{limit} images left today" in client.get("/").content.decode()  # no chat yet
+
+    ImageQuota.objects.reserve(alice, 2)
+    assert f"{limit - 2} images left today" in client.get("/").content.decode()
+    chat = Conversation.objects.create(user=alice, title="Lighthouses")
+    # Yesterday's count and someone else's are not hers.
+    ImageQuota.objects.create(user=alice, day=timezone.now().date() - timedelta(days=1), used=9)
+    ImageQuota.objects.reserve(bob, 5)
+    for url in ("/", chat.get_absolute_url()):
+        assert f"{limit - 2} images left today" in client.get(url).content.decode()
+
+    staff = make_user("root", is_staff=True)
+    ImageQuota.objects.reserve(staff, 1)
+    Conversation.objects.create(user=staff, title="Mine")
+    assert '<span id="images-left" hidden>' in logged_in(staff).get("/").content.decode()
 
 
 def test_earlier_messages_load_page_by_page_each_once_and_in_order(make_user: Any) -> None:

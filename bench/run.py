@@ -219,6 +219,7 @@ def open_chat(stack: Stack, info: dict[str, Any], requests: int) -> dict[str, An
     url_path = f"/c/{info['conversation_id']}/"
     times, queries, sizes, sql_ms = [], [], [], []
     statements: list[str] = []
+    most: list[str] = []  # the statements of the request that made the most
     images = messages = 0
     load_average = _load_average()
     for index in range(requests + 1):
@@ -242,6 +243,8 @@ def open_chat(stack: Stack, info: dict[str, Any], requests: int) -> dict[str, An
         queries.append(sum(counts["kinds"].values()))
         sql_ms.append(counts.get("sql_ms", 0.0) / 1000)
         statements = counts.get("statements", [])
+        if len(statements) > len(most):
+            most = statements
         sizes.append(len(body))
 
     def ms(q: float) -> float:
@@ -261,6 +264,7 @@ def open_chat(stack: Stack, info: dict[str, Any], requests: int) -> dict[str, An
         "sql_p50_ms": round(1000 * percentile(sql_ms, 50), 1),
         "page_kib": round(sum(sizes) / len(sizes) / 1024, 1),
         "statements": statements,  # the last request's, shortened
+        "statements_most": most if len(most) > len(statements) else [],
         "pinned": stack.pin,
         "load_average_1m": load_average,
     }

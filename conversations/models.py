@@ -637,7 +637,8 @@ class MessageQuerySet(models.QuerySet["Message"]):
     def streaming_owners(self) -> set[str]:
         """The instances (processes) that run an answer now, as the database says."""
         rows = self.filter(status=Message.Status.STREAMING).values_list("owner", flat=True)
-        return set(rows.distinct())
+        # Without order_by(), the default ordering's id joins the DISTINCT: a row per answer.
+        return set(rows.order_by().distinct())
 
     def mark_orphans_interrupted(
         self, owners: Collection[str], *, text_of: Callable[[Message], str] | None = None

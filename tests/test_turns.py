@@ -49,7 +49,9 @@ async def user_and_socket(make_user: Any, connect: Any, name: str = "alice") -> 
 async def test_a_client_that_reconnects_mid_answer_gets_exactly_the_missing_text(
     make_user: Any, connect: Any, fake_openai: Any
 ) -> None:
-    fake_openai.script_chat(Reply(tokens=TOKENS, token_delay=0.02))
+    # 2 s: the second socket's login and handshake must come before the end on a
+    # loaded machine (the first state frame says "streaming").
+    fake_openai.script_chat(Reply(tokens=TOKENS, token_delay=0.05))
     user, first = await user_and_socket(make_user, connect)
     await first.send("message.send", client_message_id="c1", text="talk")
     accepted = await first.receive()
@@ -173,7 +175,7 @@ async def test_cancel_stops_the_answer_at_once_and_keeps_the_text_so_far(
 async def test_a_second_send_during_an_answer_gets_turn_in_progress(
     make_user: Any, connect: Any, fake_openai: Any
 ) -> None:
-    fake_openai.script_chat(Reply(tokens=TOKENS, token_delay=0.01))
+    fake_openai.script_chat(Reply(tokens=TOKENS, token_delay=0.05))  # outlives the second send
     _, socket = await user_and_socket(make_user, connect)
     await socket.send("message.send", client_message_id="c1", text="talk")
     accepted = await socket.receive()

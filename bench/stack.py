@@ -165,7 +165,8 @@ class Stack:
         for index in range(processes):
             self._app_runs += 1
             port = free_port()
-            cmd = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
+            server = "bench.daphne_uvloop" if os.environ.get("BENCH_UVLOOP") else "daphne"
+            cmd = [PYTHON, "-m", server, "-b", "127.0.0.1", "-p", str(port), "-v", "0"]
             cmd.append("bench.asgi:application")
             if self.pin:
                 cmd = ["taskset", "-c", str(index % 2), *cmd]

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, models, transaction
 from django.db.models import OuterRef, Q, Subquery
+from django.db.models.constants import LOOKUP_SEP
 from django.db.models.functions import Coalesce
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
@@ -246,13 +247,20 @@ class Conversation(models.Model):
         The active branch only (docs/architecture.md, "Edit and branch"): the
         versions an edit or a regenerate left behind are never sent.
         """
-        recent = (
+        recent = list(
             self.messages.filter(active=True)
             .exclude(status=Message.Status.STREAMING)
-            .prefetch_related("tool_invocations__images__parents", "attachments")
+            .annotate(called=_has_tool_calls(), attached=_has_attachments())
             .order_by("-id")[: settings.HISTORY_MESSAGES]
-        )
-        return list(reversed(recent))
+        )[::-1]
+        # What the model is sent of each (llm.model_messages): a question's
+        # attachments, an answer's tool calls with their images. Read only where
+        # the history has some (a turn start's queries: docs/benchmarks.md).
+        questions = [m for m in recent if m.role == Message.Role.USER]
+        answers = [m for m in recent if m.role != Message.Role.USER]
+        _prefetch_where(questions, "attachments", lambda m: m.attached)
+        _prefetch_where(answers, "tool_invocations__images__parents", lambda m: m.called)
+        return recent
 
     def latest_answer(self, message_id: int | None = None) -> Message | None:
         """The answer a client catching up should get (images prefetched).
@@ -581,12 +589,18 @@ def _has_attachments() -> models.Exists:
     return models.Exists(Attachment.objects.filter(message=OuterRef("pk")))
 
 
-def _prefetch_where(objects: list[Any], relation: str, has_rows: Callable[[Any], bool]) -> None:
-    """prefetch_related_objects for the objects that have related rows; the others
-    are told they have none (what a prefetch stores), without a query."""
+def _has_tool_calls() -> models.Exists:
+    return models.Exists(ToolInvocation.objects.filter(message=OuterRef("pk")))
+
+
+def _prefetch_where(objects: list[Any], lookup: str, has_rows: Callable[[Any], bool]) -> None:
+    """prefetch_related_objects(objects, lookup) for the objects that have related
+    rows; the others are told they have none (what a prefetch stores), without a
+    query."""
     wanted = [obj for obj in objects if has_rows(obj)]
     if wanted:
-        models.prefetch_related_objects(wanted, relation)
+        models.prefetch_related_objects(wanted, lookup)
+    relation = lookup.split(LOOKUP_SEP, 1)[0]
     for obj in objects:
         if not has_rows(obj):
             _know_related(obj, relation, [])

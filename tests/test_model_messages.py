@@ -107,3 +107,61 @@ def test_the_request_body_is_what_the_sdk_would_send_itself(make_user: Any) -> N
     assert body["tools"] and body["messages"][2]["tool_calls"]
     sent = maybe_transform(body, CompletionCreateParamsStreaming)  # create()'s, sync
     assert sent == body
+
+
+def test_the_history_reads_only_what_it_has_and_sends_what_a_full_read_sends(
+    make_user: Any, django_assert_num_queries: Any
+) -> None:
+    """A turn start's history: the tool calls and attachments are read only where
+    some message has them (each query costs every follow-up; issue 12), and the
+    model is sent exactly what reading everything would send."""
+    from conversations.models import Attachment
+
+    def everything(conversation: Conversation) -> list[dict[str, Any]]:
+        rows = conversation.messages.filter(active=True).prefetch_related(
+            "tool_invocations__images__parents", "attachments"
+        )
+        return llm.model_messages(list(rows.order_by("id")))
+
+    answer = answer_with_calls(make_user, "Let me draw.Here it is.", [12])
+    conversation = answer.conversation
+    ToolInvocation.objects.filter(message=answer).delete()
+    follow_up = conversation.messages.create(role="user", text="and a boat?", reply_to=None)
+    with django_assert_num_queries(1):  # text only: the messages, nothing else
+        history = conversation.history()
+    assert llm.model_messages(history) == everything(conversation)
+    assert [m["content"] for m in llm.model_messages(history)[1:]] == [
+        "draw two",
+        "Let me draw.Here it is.",
+        "and a boat?",
+    ]
+
+    ToolInvocation.objects.create(
+        message=answer,
+        call_id="call_0",
+        name="generate_image",
+        arguments={"prompt": "a kite"},
+        text_offset=12,
+        status="complete",
+        result={"status": "ok", "image_id": "id-0", "prompt": "a kite"},
+    )
+    with django_assert_num_queries(3):  # + the calls and their images
+        history = conversation.history()
+    sent = llm.model_messages(history)
+    assert sent == everything(conversation) and sent[3]["tool_call_id"] == "call_0"
+
+    upload = Attachment.objects.create(
+        owner=conversation.user,
+        conversation=conversation,
+        message=follow_up,
+        file="attachments/a.png",
+        format="png",
+        width=8,
+        height=8,
+        bytes=10,
+        sha256="0" * 64,
+    )
+    with django_assert_num_queries(4):  # + the questions' attachments
+        history = conversation.history()
+    sent = llm.model_messages(history)
+    assert sent == everything(conversation) and str(upload.pk) in sent[-1]["content"]

@@ -9,7 +9,13 @@ from typing import Any
 from django.core.files.base import ContentFile
 from PIL import Image
 
-from conversations.models import Conversation, GeneratedImage, Message, ToolInvocation
+from conversations.models import (
+    Attachment,
+    Conversation,
+    GeneratedImage,
+    Message,
+    ToolInvocation,
+)
 
 
 def png(colour: str = "teal", size: int = 64) -> bytes:
@@ -63,3 +69,19 @@ def add_image(
     image.file.save("x.png", ContentFile(data), save=False)
     image.save()
     return image
+
+
+def attachment_row(question: Message) -> Attachment:
+    """An upload's row on a question, with no object in storage: for what only names it
+    (the page's link, the model's "[image attachment <id>]")."""
+    return Attachment.objects.create(
+        owner_id=question.conversation.user_id,
+        conversation=question.conversation,
+        message=question,
+        file="attachments/a.png",
+        format="png",
+        width=8,
+        height=8,
+        bytes=10,
+        sha256="0" * 64,
+    )

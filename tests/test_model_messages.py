@@ -9,6 +9,7 @@ import pytest
 
 from conversations import llm
 from conversations.models import Conversation, Message, ToolInvocation
+from tests.chats import attachment_row
 
 pytestmark = pytest.mark.django_db
 
@@ -115,7 +116,6 @@ def test_the_history_reads_only_what_it_has_and_sends_what_a_full_read_sends(
     """A turn start's history: the tool calls and attachments are read only where
     some message has them (each query costs every follow-up; issue 12), and the
     model is sent exactly what reading everything would send."""
-    from conversations.models import Attachment
 
     def everything(conversation: Conversation) -> list[dict[str, Any]]:
         rows = conversation.messages.filter(active=True).prefetch_related(
@@ -150,17 +150,7 @@ def test_the_history_reads_only_what_it_has_and_sends_what_a_full_read_sends(
     sent = llm.model_messages(history)
     assert sent == everything(conversation) and sent[3]["tool_call_id"] == "call_0"
 
-    upload = Attachment.objects.create(
-        owner=conversation.user,
-        conversation=conversation,
-        message=follow_up,
-        file="attachments/a.png",
-        format="png",
-        width=8,
-        height=8,
-        bytes=10,
-        sha256="0" * 64,
-    )
+    upload = attachment_row(follow_up)
     with django_assert_num_queries(4):  # + the questions' attachments
         history = conversation.history()
     sent = llm.model_messages(history)

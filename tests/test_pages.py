@@ -13,7 +13,6 @@ from django.urls import reverse
 
 from conversations import rendering
 from conversations.models import (
-    Attachment,
     Conversation,
     GeneratedImage,
     ImageQuota,
@@ -21,6 +20,7 @@ from conversations.models import (
     ToolInvocation,
 )
 from conversations.views import MESSAGES_PER_PAGE
+from tests.chats import attachment_row
 
 pytestmark = pytest.mark.django_db
 
@@ -297,17 +297,7 @@ def test_what_a_chat_does_not_have_costs_its_page_no_query(make_user: Any, setti
     # Each of them, where the page shows it, costs its own query and is shown.
     question = chat.messages.filter(role="user", active=True).order_by("-id").first()
     assert question is not None
-    picture = Attachment.objects.create(
-        owner=alice,
-        conversation=chat,
-        message=question,
-        file="attachments/a.png",
-        format="png",
-        width=8,
-        height=8,
-        bytes=10,
-        sha256="0" * 64,
-    )
+    picture = attachment_row(question)
     count, html = queries_of(client, chat.get_absolute_url())
     assert count == 6 + session_reads and f'href="/attachments/{picture.id}/"' in html
 

@@ -126,7 +126,7 @@ def test_a_page_on_another_port_cannot_open_the_socket_with_the_cookie(
     log_in_as(page, user)  # the victim's own page connects (data-ready)
     hostile = page.context.new_page()
     hostile.goto(attacker)
-    hostile.wait_for_function("window.__result !== null")
+    hostile.wait_for_function("() => window.__result !== null")  # a function: no eval per poll
     result = hostile.evaluate("window.__result")
     assert result["messages"] == [], result  # not even session.ready
     assert result["code"] == 1006, result  # the handshake was refused

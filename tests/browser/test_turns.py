@@ -215,7 +215,9 @@ def test_a_refused_message_goes_back_into_the_box_with_the_reason(
     page: Page, log_in: Callable[[str], None], user: str, model: OfflineModelServer
 ) -> None:
     log_in(user)
-    page.wait_for_function("window.chatimg.socket.readyState === WebSocket.OPEN")
+    # A function, not an expression: Playwright evals an expression again at each poll,
+    # which the page's CSP refuses (no 'unsafe-eval') whenever the first check fails.
+    page.wait_for_function("() => window.chatimg.socket.readyState === WebSocket.OPEN")
     # Use up this socket's frame allowance (CHATIMG_FRAMES_PER_10S, 200) with pings.
     page.evaluate(
         """() => { for (let i = 0; i < 200; i++)

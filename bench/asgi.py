@@ -176,6 +176,7 @@ def _probe_turn_start() -> None:
 
         setattr(owner, attribute, wrapper)
 
+    around(consumers.ChatConsumer, "receive", "0 receive")
     around(consumers.ChatConsumer, "on_message_send", "1 on_message_send")
     around(consumers.ChatConsumer, "_begin_turn", "2 begin_turn (db)")
     around(consumers.ChatConsumer, "_accept", "3 accept")
@@ -203,7 +204,8 @@ def _phase_summary() -> dict[str, Any]:
     if not _phases:
         return {}
     zero = min(min(v) for v in _phases.values())
-    out = {}
+    # Wall clock of the first stamp: the client's sends (`first_send_epoch`) align with it.
+    out: dict[str, Any] = {"zero_epoch": round(zero, 4)}
     for name in sorted(_phases):
         times = sorted(1000 * (t - zero) for t in _phases[name])
         out[name] = {

@@ -418,6 +418,7 @@ def analyse(
         "samples_delta": len(latency),
         "timeline_p99_ms": {s: ms(v, 99) for s, v in sorted(by_second.items())},
         "timeline_start": int(t_first),
+        "first_send_epoch": round(t_first, 4),
         "e2e_ttft_p50_ms": ms(e2e_ttft, 50),
         "e2e_ttft_p99_ms": ms(e2e_ttft, 99),
         "e2e_ttft_max_ms": ms(e2e_ttft, 100),

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.floor --streams 100 --tokens 500
 
 How far can CPU per delivered token go down while the required packages carry
-it? Two halves, each measured alone, with none of the app's work in between:
+it? Three parts, each measured alone, with none of the app's work in between:
 
 - **upstream**: this process reads N streamed chat completions from the bench
   fake (its own process; one SSE chunk per token, 50 tokens/s, as a model
@@ -47,6 +47,10 @@ from bench.common import cpu_seconds, free_port, marker, wait_port
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
+# One client per base URL for a whole run, as the app keeps one per event loop.
+_sdk_clients: dict[str, Any] = {}
+_sessions: dict[str, Any] = {}
+
 
 def _start_fake(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     ready = workdir / "fake.url"
@@ -82,7 +86,7 @@ async def _read_sdk(base_url: str, body: dict[str, object], parse: bool) -> int:
     from conversations import llm
 
     client = _sdk_clients.get(base_url)
-    if client is None:  # one client, as the app keeps one per event loop
+    if client is None:
         client = _sdk_clients[base_url] = openai.AsyncOpenAI(
             base_url=base_url, api_key="bench", http_client=openai.DefaultAioHttpClient()
         )
@@ -102,9 +106,6 @@ async def _read_sdk(base_url: str, body: dict[str, object], parse: bool) -> int:
     return reads
 
 
-_sdk_clients: dict[str, Any] = {}
-
-
 async def _read_aiohttp(base_url: str, body: dict[str, object]) -> int:
     import aiohttp
 
@@ -118,9 +119,6 @@ async def _read_aiohttp(base_url: str, body: dict[str, object]) -> int:
         async for _chunk in response.content.iter_any():
             reads += 1
     return reads
-
-
-_sessions: dict[str, Any] = {}
 
 
 async def _read_protocol(base_url: str, body: dict[str, object]) -> int:
@@ -151,7 +149,9 @@ async def _read_protocol(base_url: str, body: dict[str, object]) -> int:
     return await done
 
 
-async def upstream(base_url: str, mode: str, streams: int, tokens: int, delay: float) -> dict:
+async def upstream(
+    base_url: str, mode: str, streams: int, tokens: int, delay: float
+) -> dict[str, Any]:
     async def one(index: int) -> int:
         body = _body(tokens, delay, index)
         if mode == "protocol":
@@ -179,7 +179,7 @@ async def upstream(base_url: str, mode: str, streams: int, tokens: int, delay: f
     }
 
 
-async def requests(base_url: str, count: int) -> dict:
+async def requests(base_url: str, count: int) -> dict[str, Any]:
     """N streamed chat requests at once through the SDK, each closed at its headers:
     the CPU that asking the model costs before any token, per request."""
     import httpx2
@@ -213,7 +213,7 @@ async def requests(base_url: str, count: int) -> dict:
 # --- downstream --------------------------------------------------------------------
 
 
-async def downstream(mode: str, streams: int, frames: int, delay: float) -> dict:
+async def downstream(mode: str, streams: int, frames: int, delay: float) -> dict[str, Any]:
     import websockets
 
     port = free_port()
@@ -279,7 +279,7 @@ def main() -> None:
 
     django.setup()
 
-    runs: list[Callable[[], Awaitable[dict]]] = []
+    runs: list[Callable[[], Awaitable[dict[str, Any]]]] = []
     with tempfile.TemporaryDirectory(prefix="chatimg-floor-") as workdir:
         fake, base_url = _start_fake(Path(workdir))
         try:

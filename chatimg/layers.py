@@ -116,6 +116,10 @@ class RedisPubSubChannelLayer(pubsub.RedisPubSubChannelLayer):
         return layer
 
 
+#: The close code of a socket whose server process is shutting down: reconnect.
+SERVER_RESTARTING = 4503
+
+
 class FastDispatchConsumer(AsyncWebsocketConsumer):
     """A websocket consumer with a leaner receive loop and dispatch, for streaming.
 
@@ -158,6 +162,15 @@ class FastDispatchConsumer(AsyncWebsocketConsumer):
                 await self.dispatch(message)
         except StopConsumer:
             pass
+        except asyncio.CancelledError:
+            # daphne cancels every application instance as it shuts down (SIGTERM),
+            # and leaves their sockets open: what a client sent next went nowhere
+            # until the process exited. Closed, the client reconnects (to this
+            # process while it drains, which refuses new sends in words, or to
+            # the next one) and catches up.
+            with contextlib.suppress(Exception):
+                await self.base_send({"type": "websocket.close", "code": SERVER_RESTARTING})
+            raise
         finally:
             for task in pumps:
                 task.cancel()

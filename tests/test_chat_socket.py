@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -35,6 +36,24 @@ async def test_it_refuses_an_anonymous_socket(db: Any) -> None:
     }
     output = await socket.communicator.receive_output()
     assert output == {"type": "websocket.close", "code": 4401}
+
+
+async def test_a_socket_whose_server_shuts_down_is_closed_for_the_client_to_reconnect(
+    make_user: Any,
+) -> None:
+    """daphne cancels every application instance as it shuts down (SIGTERM) and
+    leaves the sockets open: one left so would swallow what its client sends."""
+    user = await database_sync_to_async(make_user)()
+    connected, socket = await open_socket(user)
+    assert connected
+    assert (await socket.receive())["type"] == "session.ready"
+
+    socket.communicator.future.cancel()  # what daphne's kill_all_applications does
+    await asyncio.wait([socket.communicator.future], timeout=5)
+
+    assert socket.communicator.future.cancelled()
+    output = socket.communicator.output_queue.get_nowait()
+    assert output == {"type": "websocket.close", "code": 4503}  # docs/protocol.md: reconnect
 
 
 async def test_it_refuses_a_foreign_origin(make_user: Any) -> None:

@@ -24,6 +24,7 @@ import websockets
 
 from offline_model import OfflineModelServer, Reply
 from tests.servers import AppServer, launch, server_env, start, stop
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("REDIS_URL")), reason="the embedded stack (one process, no Redis)"
@@ -135,12 +136,32 @@ async def test_sigterm_lets_the_running_answer_finish_and_a_new_send_is_told_to_
     model.script_chat(Reply(tokens=tokens, token_delay=0.02))
     headers = {"Authorization": f"Bearer {token}"}
     url = app.url.replace("http", "ws") + "/ws/chat/"
-    async with websockets.connect(url, additional_headers=headers) as ws:
+    async with (
+        websockets.connect(url, additional_headers=headers) as ws,
+        websockets.connect(url, additional_headers=headers) as idle,
+    ):
         await receive_until(ws, "session.ready")
+        await receive_until(idle, "session.ready")
         await ws.send(json.dumps({"type": "message.send", "client_message_id": "c1", "text": "go"}))
         await receive_until(ws, "assistant.delta")
         assert app.process is not None
         app.process.send_signal(signal.SIGTERM)  # a deploy
+
+        async def draining() -> bool:
+            return "draining:" in app.log_tail()
+
+        await eventually(draining, what="the drain's start")
+        # A socket open before the signal: daphne cancels its consumer now and
+        # then (it shuts down every application instance), and its client must
+        # hear either way: the refusal, or a close that says "reconnect".
+        await idle.send(
+            json.dumps({"type": "message.send", "client_message_id": "c3", "text": "hi"})
+        )
+        try:
+            heard = (await receive_until(idle, "error"))[-1]
+            assert (heard["code"], heard["ref"]) == ("server_draining", "c3")
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 4503, closed
 
         # While it drains, a send is refused with a typed, retryable error.
         async with websockets.connect(url, additional_headers=headers) as late:
@@ -157,10 +178,10 @@ async def test_sigterm_lets_the_running_answer_finish_and_a_new_send_is_told_to_
             "SELECT status, text FROM conversations_message WHERE role='assistant'"
         ).fetchall()
         sent_twice = db.execute(
-            "SELECT count(*) FROM conversations_message WHERE client_message_id='c2'"
+            "SELECT count(*) FROM conversations_message WHERE client_message_id IN ('c2', 'c3')"
         ).fetchone()
     assert rows == [("complete", "".join(tokens))]  # finished during the drain, all of it
-    assert sent_twice == (0,)  # the refused send stored nothing
+    assert sent_twice == (0,)  # the refused sends stored nothing
 
 
 async def test_stop_on_an_answer_no_process_runs_ends_it_at_once_with_its_text(

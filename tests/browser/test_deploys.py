@@ -89,6 +89,9 @@ def test_a_message_refused_by_a_draining_server_is_sent_again_and_answered_once(
 
         assert own_server.process is not None
         own_server.process.send_signal(signal.SIGTERM)  # a deploy: the process drains
+        # The signal is handled in its own time: a message that got there first
+        # would be taken, not refused (a CI failure). The drain says when it starts.
+        assert within(lambda: "draining:" in own_server.log_tail(), 10), own_server.log_tail()
         send(page, "sent during the deploy")
         # Refused (nothing stored): the page keeps the message, pending, to send again.
         expect(page.locator("article.msg-user.is-pending")).to_have_count(1)

@@ -36,13 +36,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from bench.common import cpu_seconds, free_port, marker, wait_port
+from bench.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -50,22 +50,6 @@ PYTHON = sys.executable
 # One client per base URL for a whole run, as the app keeps one per event loop.
 _sdk_clients: dict[str, Any] = {}
 _sessions: dict[str, Any] = {}
-
-
-def _start_fake(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    ready = workdir / "fake.url"
-    fake = subprocess.Popen(
-        [PYTHON, "-m", "bench.fake", "--port", "0", "--ready-file", str(ready)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if fake.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the bench fake did not start")
-        time.sleep(0.05)
-    return fake, ready.read_text().strip()
 
 
 def _body(tokens: int, delay: float, index: int) -> dict[str, object]:
@@ -279,30 +263,27 @@ def main() -> None:
 
     django.setup()
 
-    runs: list[Callable[[], Awaitable[dict[str, Any]]]] = []
-    with tempfile.TemporaryDirectory(prefix="chatimg-floor-") as workdir:
-        fake, base_url = _start_fake(Path(workdir))
-        try:
-            for _ in range(args.rounds):
-                for mode in filter(None, args.upstream.split(",")):
-                    runs.append(
-                        lambda m=mode: upstream(base_url, m, args.streams, args.tokens, args.delay)
-                    )
-                for count in filter(None, args.requests.split(",")):
-                    runs.append(lambda n=int(count): requests(base_url, n))
-                for mode in filter(None, args.downstream.split(",")):
-                    runs.append(lambda m=mode: downstream(m, args.streams, args.tokens, args.delay))
+    with Stack() as stack:  # the embedded defaults: only the fake is started
+        stack.start_fake(args.delay)
+        base_url = stack.fake_url
+        runs: list[Callable[[], Awaitable[dict[str, Any]]]] = []
+        for _ in range(args.rounds):
+            for mode in filter(None, args.upstream.split(",")):
+                runs.append(
+                    lambda m=mode: upstream(base_url, m, args.streams, args.tokens, args.delay)
+                )
+            for count in filter(None, args.requests.split(",")):
+                runs.append(lambda n=int(count): requests(base_url, n))
+            for mode in filter(None, args.downstream.split(",")):
+                runs.append(lambda m=mode: downstream(m, args.streams, args.tokens, args.delay))
 
-            async def all_runs() -> None:
-                for run in runs:
-                    row = await run()
-                    row["load_average_1m"] = round(os.getloadavg()[0], 2)
-                    print(json.dumps(row), flush=True)
+        async def all_runs() -> None:
+            for run in runs:
+                row = await run()
+                row["load_average_1m"] = round(os.getloadavg()[0], 2)
+                print(json.dumps(row), flush=True)
 
-            asyncio.run(all_runs())
-        finally:
-            fake.terminate()
-            fake.wait(timeout=10)
+        asyncio.run(all_runs())
 
 
 if __name__ == "__main__":
